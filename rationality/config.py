@@ -1,0 +1,80 @@
+"""Configuration: the JSON Schema in ``config.schema.yaml``, applied with defaults, with clear errors."""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from rationality.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+@lru_cache(maxsize=1)
+def config_schema() -> dict[str, Any]:
+    """The workflow's config schema (also used by Snakemake's ``validate``)."""
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    if isinstance(instance, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                _fill_defaults(instance[key], sub, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, value in instance.items():
+                if key not in schema.get("properties", {}):
+                    _fill_defaults(value, extra, root)
+    return instance
+
+
+def _check(instance: Any, schema: dict[str, Any], source: str) -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{'.'.join(str(p) for p in e.absolute_path) or '<top>'}: {e.message}" for e in errors]
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines))
+
+
+def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Validate a whole workflow config and return a copy with defaults filled in.
+
+    Also checks that every name under ``runs`` exists.
+
+    Raises:
+        ConfigError: listing every violation with its key path.
+    """
+    schema = config_schema()
+    _check(config, schema, source)
+    filled = _fill_defaults(copy.deepcopy(config), schema, schema)
+    for section in ("models", "datasets", "methods"):
+        unknown = [name for name in filled["runs"][section] if name not in filled[section]]
+        if unknown:
+            raise ConfigError(f"{source} is invalid:\n  runs.{section}: {unknown} not defined under {section}")
+    return filled
+
+
+def validate_spec(kind: str, spec: Any, source: str) -> dict[str, Any]:
+    """Validate a ``model``, ``dataset``, ``method`` or ``synthetic`` spec; returns it with defaults."""
+    schema = config_schema()
+    sub = {"$defs": schema["$defs"], **schema["$defs"][kind]}
+    _check(spec, sub, source)
+    return _fill_defaults(copy.deepcopy(spec), sub, schema)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file does not exist")
+    return validate_config(yaml.safe_load(path.read_text()) or {}, source=str(path))

@@ -1,0 +1,3 @@
+"""Imports every built-in dataset reader so that its registration runs."""
+
+from rationality.data import synthetic  # noqa: F401

@@ -1,0 +1,112 @@
+"""The dataset-reader contract and its registry.
+
+A reader turns a directory a user downloaded into samples with **stable string ids**,
+integer labels, human-readable class names, and a ground-truth object mask per sample in the
+original image frame. Everything downstream joins on the ids, never on positions.
+
+Adding a dataset is one new module under ``rationality/data/`` that decorates its reader class
+with :func:`register_dataset` (and is imported in :mod:`rationality.data._readers`).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from rationality.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split: ``id`` is unique within the dataset and stable across runs."""
+
+    id: str
+    label: int
+    image_path: Path
+
+
+class DatasetReader(abc.ABC):
+    """Reads one dataset from its on-disk layout.
+
+    Args:
+        root: the dataset's directory.
+        **options: reader-specific options from the config's dataset spec.
+    """
+
+    def __init__(self, root: str | Path, **options: Any) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset directory does not exist")
+        self.options = options
+
+    @property
+    @abc.abstractmethod
+    def class_names(self) -> tuple[str, ...]:
+        """Human-readable class names, indexed by label."""
+
+    @abc.abstractmethod
+    def samples(self, split: str) -> list[Sample]:
+        """The samples of ``split`` in a fixed order. Raises DataError for an unknown split."""
+
+    @abc.abstractmethod
+    def load_mask(self, sample: Sample) -> np.ndarray:
+        """The object mask of ``sample``: bool [H, W], same size as its image.
+
+        Raises:
+            DataError: naming the mask file if it is missing, corrupt, or of another size.
+        """
+
+    def load_image(self, sample: Sample) -> Image.Image:
+        """The RGB image of ``sample``. Raises DataError naming the file if missing or corrupt."""
+        return read_rgb_image(sample.image_path)
+
+
+def read_rgb_image(path: Path) -> Image.Image:
+    """Open ``path`` fully (not lazily) as RGB; a missing or corrupt file raises DataError."""
+    if not path.is_file():
+        raise DataError(f"{path}: image file is missing")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: image file is corrupt or not an image ({exc})") from exc
+
+
+_DATASETS: dict[str, type[DatasetReader]] = {}
+
+
+def register_dataset(name: str) -> Callable[[type[DatasetReader]], type[DatasetReader]]:
+    """Class decorator: make a reader available to configs as ``reader: <name>``."""
+
+    def decorate(cls: type[DatasetReader]) -> type[DatasetReader]:
+        if name in _DATASETS:
+            raise ValueError(f"dataset reader {name!r} is registered twice")
+        _DATASETS[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_datasets() -> list[str]:
+    """Names of the registered dataset readers."""
+    import rationality.data._readers  # noqa: F401  (registers the built-in readers)
+
+    return sorted(_DATASETS)
+
+
+def create_dataset(reader: str, root: str | Path, **options: Any) -> DatasetReader:
+    """Build the reader registered as ``reader`` for the dataset at ``root``.
+
+    Raises:
+        ConfigError: for an unknown reader name (the message lists the known ones).
+    """
+    known = list_datasets()
+    if reader not in _DATASETS:
+        raise ConfigError(f"unknown dataset reader {reader!r}; known readers: {', '.join(known)}")
+    return _DATASETS[reader](root, **options)

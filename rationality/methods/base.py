@@ -1,0 +1,102 @@
+"""The adaptation-method contract and registry.
+
+A method turns a pretrained adapter and a training split into an :class:`ImageClassifier`
+(adapter + head). Its hyper-parameters come from the config's method spec; unknown keys are errors.
+``paper_start_layer`` records which start layer the paper's code used for the method's heatmaps
+(``last`` block for prompt-based methods, ``first`` = all blocks for head-based ones).
+
+Adding a method is one new module that subclasses :class:`AdaptationMethod`, decorates it with
+:func:`register_method`, and is imported in :mod:`rationality.methods._methods`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal, Sequence
+
+from rationality.data.loader import ImageDataset
+from rationality.errors import ConfigError
+from rationality.models.base import VisionLanguageAdapter
+from rationality.models.heads import ImageClassifier
+
+
+@dataclasses.dataclass
+class AdaptationMethod(abc.ABC):
+    """Base of every method; subclasses are dataclasses whose fields are the hyper-parameters."""
+
+    kind: ClassVar[str]
+    paper_start_layer: ClassVar[Literal["first", "last"]]
+    trains_image_tower: ClassVar[bool] = False
+
+    prompt_template: str = "a photo of a {}."
+
+    @abc.abstractmethod
+    def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
+            seed: int, log_path: Path) -> ImageClassifier:
+        """Adapt ``adapter`` to the classes; write per-epoch loss/accuracy to ``log_path`` (CSV)."""
+
+    def prompts(self, class_names: Sequence[str]) -> list[str]:
+        """One text prompt per class from ``prompt_template``."""
+        return [self.prompt_template.format(name.replace("_", " ")) for name in class_names]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+
+_METHODS: dict[str, type[AdaptationMethod]] = {}
+
+
+def register_method(kind: str) -> Callable[[type[AdaptationMethod]], type[AdaptationMethod]]:
+    """Class decorator: make a method available to configs as ``kind: <kind>``."""
+
+    def decorate(cls: type[AdaptationMethod]) -> type[AdaptationMethod]:
+        if kind in _METHODS:
+            raise ValueError(f"adaptation method {kind!r} is registered twice")
+        cls.kind = kind
+        _METHODS[kind] = cls
+        return cls
+
+    return decorate
+
+
+def list_methods() -> list[str]:
+    """Kinds of the registered adaptation methods."""
+    import rationality.methods._methods  # noqa: F401  (registers the built-in methods)
+
+    return sorted(_METHODS)
+
+
+def create_method(spec: dict[str, Any]) -> AdaptationMethod:
+    """Build the method a spec ``{kind: ..., <hyper-parameter>: ...}`` names.
+
+    Raises:
+        ConfigError: unknown kind (listing the known ones) or unknown hyper-parameter.
+    """
+    known = list_methods()
+    options = dict(spec)
+    kind = options.pop("kind", None)
+    if kind not in _METHODS:
+        raise ConfigError(f"unknown adaptation method {kind!r}; known methods: {', '.join(known)}")
+    cls = _METHODS[kind]
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = set(options) - set(types)
+    if unknown:
+        raise ConfigError(f"method {kind!r} has no hyper-parameters {sorted(unknown)}; it takes {sorted(types)}")
+    return cls(**{name: _typed(kind, name, value, types[name]) for name, value in options.items()})
+
+
+def _typed(kind: str, name: str, value: Any, annotation: Any) -> Any:
+    """Check a hyper-parameter's type; floats also accept YAML 1.1's dotless exponents ('1e-5' is text there)."""
+    expected = {"float": float, "int": int, "bool": bool, "str": str}.get(str(annotation))
+    if expected is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+        raise ConfigError(f"method {kind!r}: {name} must be {expected.__name__}, got {value!r}")
+    return value

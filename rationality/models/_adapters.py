@@ -1,0 +1,3 @@
+"""Imports every built-in model adapter so that its registration runs."""
+
+from rationality.models import openclip  # noqa: F401

@@ -1,0 +1,158 @@
+"""The contract every vision-language model adapter fulfils, and the adapter registry.
+
+An adapter wraps one model family (open_clip, BLIP, ALBEF, ...) and exposes what the methods and
+the explainers need: image and text embeddings, the logit scale, the preprocessing (geometry and
+normalisation), and the image tower's post-softmax attention probabilities *with autograd*, recorded
+during a forward pass.
+
+Adding a model family is one new module that subclasses :class:`VisionLanguageAdapter`, decorates
+it with :func:`register_adapter`, and is imported in :mod:`rationality.models._adapters`.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from rationality.data.geometry import Geometry
+from rationality.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as the config names it.
+
+    Attributes:
+        adapter: registered adapter name, e.g. ``open_clip``.
+        name: the family's architecture name, e.g. ``ViT-B-16-quickgelu`` for open_clip.
+        pretrained: weights: a pretrained tag (``openai``), a local checkpoint file, or None for a
+            seeded random initialisation (tests and the demo).
+        seed: initialisation seed when ``pretrained`` is None.
+        input_size: the side of the model-input frame the config expects (mask stores are made for
+            it before any model is built); checked against the model when given.
+        image_normalization: ``model`` (the model's own statistics) or ``imagenet`` (what the paper's
+            code used for every model). Changes every result.
+        options: adapter-specific options.
+    """
+
+    adapter: str
+    name: str
+    pretrained: str | None = None
+    seed: int = 0
+    input_size: int | None = None
+    image_normalization: str = "model"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> "ModelSpec":
+        known = {"adapter", "name", "pretrained", "seed", "input_size", "image_normalization", "options"}
+        unknown = set(spec) - known
+        if unknown:
+            raise ConfigError(f"model spec has unknown keys {sorted(unknown)}; known keys: {sorted(known)}")
+        if spec.get("image_normalization", "model") not in ("model", "imagenet"):
+            raise ConfigError(f"image_normalization must be 'model' or 'imagenet', got {spec['image_normalization']!r}")
+        return cls(**spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"adapter": self.adapter, "name": self.name, "pretrained": self.pretrained, "seed": self.seed,
+                "input_size": self.input_size, "image_normalization": self.image_normalization,
+                "options": dict(self.options)}
+
+
+class VisionLanguageAdapter(nn.Module, abc.ABC):
+    """One model family behind the project's contract.
+
+    Subclasses set ``geometry`` (model-input frame), ``grid`` (token grid, (gy, gx)),
+    ``num_blocks`` (attention blocks of the image tower) and ``native_mean`` / ``native_std``.
+    """
+
+    geometry: Geometry
+    grid: tuple[int, int]
+    num_blocks: int
+    native_mean: tuple[float, float, float]
+    native_std: tuple[float, float, float]
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per RGB channel applied to [0, 1] pixels, as the spec chooses."""
+        if self.spec.image_normalization == "imagenet":
+            return IMAGENET_MEAN, IMAGENET_STD
+        return self.native_mean, self.native_std
+
+    @abc.abstractmethod
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image embeddings [B, D] (not normalised) from normalised pixels [B, 3, H, W]."""
+
+    @abc.abstractmethod
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings [len(prompts), D] (not normalised)."""
+
+    @abc.abstractmethod
+    def logit_scale(self) -> torch.Tensor:
+        """Scalar multiplier of cosine similarities (CLIP: exp of the learned log-scale)."""
+
+    @abc.abstractmethod
+    def image_tower(self) -> nn.Module:
+        """The module whose parameters full fine-tuning updates and checkpoints store."""
+
+    @abc.abstractmethod
+    @contextlib.contextmanager
+    def recording_attention(self) -> Iterator[list[torch.Tensor]]:
+        """Record the image tower's attention probabilities during forward passes in this context.
+
+        Yields:
+            A list that each forward appends to, per block in order: post-softmax attention
+            [B, heads, T, T] (T = 1 + gy * gx tokens, CLS first) that is part of the autograd graph.
+        """
+
+
+_ADAPTERS: dict[str, type[VisionLanguageAdapter]] = {}
+
+
+def register_adapter(name: str) -> Callable[[type[VisionLanguageAdapter]], type[VisionLanguageAdapter]]:
+    """Class decorator: make an adapter available to configs as ``adapter: <name>``."""
+
+    def decorate(cls: type[VisionLanguageAdapter]) -> type[VisionLanguageAdapter]:
+        if name in _ADAPTERS:
+            raise ValueError(f"model adapter {name!r} is registered twice")
+        _ADAPTERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_adapters() -> list[str]:
+    """Names of the registered model adapters."""
+    import rationality.models._adapters  # noqa: F401  (registers the built-in adapters)
+
+    return sorted(_ADAPTERS)
+
+
+def create_adapter(spec: ModelSpec | dict[str, Any]) -> VisionLanguageAdapter:
+    """Build the adapter for ``spec`` with its weights loaded, in eval mode, fp32.
+
+    Raises:
+        ConfigError: for an unknown adapter or model name, or weights that do not fit.
+    """
+    if isinstance(spec, dict):
+        spec = ModelSpec.from_dict(spec)
+    known = list_adapters()
+    if spec.adapter not in _ADAPTERS:
+        raise ConfigError(f"unknown model adapter {spec.adapter!r}; known adapters: {', '.join(known)}")
+    adapter = _ADAPTERS[spec.adapter](spec).eval()
+    if spec.input_size is not None and adapter.geometry.crop != spec.input_size:
+        raise ConfigError(f"model {spec.name!r} takes {adapter.geometry.crop} px inputs but the config says "
+                          f"input_size: {spec.input_size}")
+    return adapter

@@ -1,0 +1,145 @@
+"""open_clip models (CLIP ViT-B/32, ViT-B/16 and any other open_clip ViT) behind the adapter contract.
+
+Weights, by ``ModelSpec.pretrained``:
+
+* an open_clip pretrained tag such as ``openai``: open_clip fetches the file once into its cache
+  (the Hugging Face hub cache, ``HF_HOME``; pass ``options: {cache_dir: ...}`` to choose another) and
+  reads it from there afterwards; set ``HF_HUB_OFFLINE=1`` on machines without network;
+* a path to a local checkpoint file (a state dict open_clip can load);
+* ``None``: random initialisation seeded by ``ModelSpec.seed`` (tests and the demo).
+
+The project's own architectures (``rationality-tiny-vit``) are open_clip JSON configs in
+``rationality/models/configs/``, registered with open_clip when this module is imported.
+
+Attention is recorded by swapping each image block's ``nn.MultiheadAttention`` for a module that
+computes the same attention explicitly from the block's own ``in_proj`` / ``out_proj`` weights and
+keeps the post-softmax probabilities in the autograd graph (``need_weights=True`` would not: its
+fused path returns none, and its averaged weights are detached from the per-head computation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rationality.data.geometry import Geometry
+from rationality.errors import ConfigError
+from rationality.models.base import ModelSpec, VisionLanguageAdapter, register_adapter
+
+open_clip.add_model_config(Path(__file__).parent / "configs")
+
+
+def check_quick_gelu(name: str, pretrained: str | None, options: dict) -> None:
+    """Refuse a model whose activation differs from the one its pretrained weights were trained with.
+
+    open_clip builds ``ViT-B-32`` with nn.GELU even for ``pretrained="openai"`` (trained with
+    QuickGELU) and only warns; the model then runs and silently changes every result.
+
+    Raises:
+        ConfigError: naming the ``-quickgelu`` model to use instead.
+    """
+    if pretrained is None:
+        return
+    tag_quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+    model_quick_gelu = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False)
+                            or options.get("force_quick_gelu", False))
+    if tag_quick_gelu != model_quick_gelu:
+        fix = f"{name}-quickgelu" if tag_quick_gelu else name.removesuffix("-quickgelu")
+        raise ConfigError(
+            f"open_clip model {name!r} with pretrained={pretrained!r}: the weights were trained with "
+            f"{'QuickGELU' if tag_quick_gelu else 'GELU'} but the model uses "
+            f"{'QuickGELU' if model_quick_gelu else 'GELU'}; use name {fix!r}")
+
+
+class _RecordingAttention(nn.Module):
+    """Self-attention computed from an ``nn.MultiheadAttention``'s weights, recording probabilities.
+
+    Same inputs and outputs as the wrapped module as open_clip calls it (self-attention, optional
+    additive mask); ``probabilities_sink`` receives [B, heads, T, T] per call.
+    """
+
+    def __init__(self, attention: nn.MultiheadAttention, probabilities_sink: list[torch.Tensor]) -> None:
+        super().__init__()
+        if not attention._qkv_same_embed_dim:
+            raise ConfigError("attention recording needs a packed in_proj (query, key and value of one width)")
+        self.attention = attention
+        self.probabilities_sink = probabilities_sink
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                need_weights: bool = False, attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        attn = self.attention
+        tokens = query if attn.batch_first else query.transpose(0, 1)  # [B, T, D]
+        batch, length, width = tokens.shape
+        heads = attn.num_heads
+        qkv = F.linear(tokens, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.reshape(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        scores = (q * (width // heads) ** -0.5) @ k.transpose(-2, -1)  # [B, H, T, T]
+        if attn_mask is not None:
+            scores = scores + attn_mask
+        probabilities = scores.softmax(dim=-1)
+        self.probabilities_sink.append(probabilities)
+        mixed = (probabilities @ v).transpose(1, 2).reshape(batch, length, width)
+        out = attn.out_proj(mixed)
+        return (out if attn.batch_first else out.transpose(0, 1)), None
+
+
+@register_adapter("open_clip")
+class OpenClipAdapter(VisionLanguageAdapter):
+    """An open_clip ``CLIP`` model with a ViT image tower."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        check_quick_gelu(spec.name, spec.pretrained, spec.options)
+        if spec.pretrained is None:
+            torch.manual_seed(spec.seed)
+        try:
+            self.model = open_clip.create_model(spec.name, pretrained=spec.pretrained, **spec.options)
+        except RuntimeError as exc:
+            if "not found" in str(exc):
+                raise ConfigError(f"unknown open_clip model {spec.name!r}; see open_clip.list_models() "
+                                  f"(project configs: rationality-tiny-vit)") from exc
+            raise ConfigError(f"open_clip could not build {spec.name!r} with pretrained={spec.pretrained!r}: {exc}") from exc
+        visual = self.model.visual
+        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+            raise ConfigError(f"open_clip model {spec.name!r} has no ViT image tower ({type(visual).__name__})")
+        self._blocks = list(visual.transformer.resblocks)
+        if not all(isinstance(getattr(block, "attn", None), nn.MultiheadAttention) for block in self._blocks):
+            raise ConfigError(f"open_clip model {spec.name!r}: image blocks do not use nn.MultiheadAttention")
+        self.tokenizer = open_clip.get_tokenizer(spec.name)
+        size = visual.image_size[0]
+        self.geometry = Geometry(resize=size, crop=size)
+        self.grid = tuple(visual.grid_size)
+        self.num_blocks = len(self._blocks)
+        self.native_mean = tuple(visual.image_mean or open_clip.OPENAI_DATASET_MEAN)
+        self.native_std = tuple(visual.image_std or open_clip.OPENAI_DATASET_STD)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        device = self.model.logit_scale.device
+        return self.model.encode_text(self.tokenizer(prompts).to(device))
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp()
+
+    def image_tower(self) -> nn.Module:
+        return self.model.visual
+
+    @contextlib.contextmanager
+    def recording_attention(self) -> Iterator[list[torch.Tensor]]:
+        probabilities: list[torch.Tensor] = []
+        originals = [block.attn for block in self._blocks]
+        try:
+            for block, original in zip(self._blocks, originals):
+                block.attn = _RecordingAttention(original, probabilities)
+            yield probabilities
+        finally:
+            for block, original in zip(self._blocks, originals):
+                block.attn = original

@@ -1,0 +1,74 @@
+"""The PT / IR table from scores stores: thresholds and start-layer policies applied, no model run.
+
+One row per (model, dataset, method, explainer, start-layer policy). Policies:
+
+* ``paper``: the start layer the paper's code used for the method (last block for prompt-based
+  methods, all blocks for head-based ones), recorded in each store;
+* ``all_blocks``: start layer 0 for every method;
+* ``last_block``: start layer L-1 for every method.
+
+The two uniform policies compare methods like for like; ``paper`` reproduces the paper's choice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from rationality import schema
+from rationality.errors import StoreError
+from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
+
+START_LAYER_POLICIES: tuple[str, ...] = ("paper", "all_blocks", "last_block")
+TABLE_COLUMNS = [
+    "model", "dataset", "method", "method_kind", "explainer", "start_layer_policy", "start_layer",
+    "accuracy", "pt", "ir", "rr", "rw", "wr", "ww", "n", "n_undefined", "n_empty_mask", "n_excluded",
+    "threshold", "undefined_policy", "normalization",
+]
+
+
+def policy_start_layer(policy: str, scores: "xr.Dataset") -> int:  # noqa: F821
+    """The start layer a policy picks for one scores store."""
+    n_layers = scores.sizes[schema.START_LAYER]
+    if policy == "paper":
+        return int(scores.attrs[schema.ATTR_PAPER_START_LAYER])
+    if policy == "all_blocks":
+        return 0
+    if policy == "last_block":
+        return n_layers - 1
+    raise ValueError(f"start-layer policy must be one of {START_LAYER_POLICIES}, got {policy!r}")
+
+
+def rationality_table(score_paths: Sequence[str | Path], threshold: float = DEFAULT_THRESHOLD,
+                      undefined: UndefinedPolicy = "invalid",
+                      policies: Sequence[str] = START_LAYER_POLICIES) -> pd.DataFrame:
+    """Accuracy, quadrants, PT and IR of every scores store; columns :data:`TABLE_COLUMNS`.
+
+    Raises:
+        StoreError: a store is missing or invalid, or stores were scored with different options.
+    """
+    stores = [(str(path), schema.open_store(str(path), schema.StoreKind.SCORES)) for path in score_paths]
+    scoring = {path: scores.attrs[schema.ATTR_SCORING] for path, scores in stores}
+    if len(set(scoring.values())) > 1:
+        raise StoreError("scores stores were made with different scoring options and cannot share a table: "
+                         + "; ".join(f"{path}: {options}" for path, options in scoring.items()))
+    rows = []
+    for path, scores in stores:
+        rma = scores[schema.RMA].values
+        edge = scores[schema.EDGE_CASE].values
+        correct = scores[schema.CORRECT].values
+        explainers = [str(e) for e in scores.coords[schema.EXPLAINER].values]
+        for policy in policies:
+            layer = policy_start_layer(policy, scores)
+            for e, explainer in enumerate(explainers):
+                metrics = rationality_metrics(rma[:, e, layer], edge[:, e, layer], correct, threshold, undefined)
+                rows.append({
+                    "model": scores.attrs[schema.ATTR_MODEL], "dataset": scores.attrs[schema.ATTR_DATASET],
+                    "method": scores.attrs[schema.ATTR_METHOD], "method_kind": scores.attrs[schema.ATTR_METHOD_KIND],
+                    "explainer": explainer, "start_layer_policy": policy, "start_layer": layer,
+                    **metrics.to_dict(), "threshold": threshold, "undefined_policy": undefined,
+                    "normalization": schema.json_attr(scores, schema.ATTR_SCORING)["normalization"],
+                })
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)

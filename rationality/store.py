@@ -1,0 +1,142 @@
+"""Crash-safe writing of Zarr stores.
+
+A store is always written to ``<path>.partial`` and renamed to ``<path>`` only once every array
+is complete, so a killed job never leaves a store that Snakemake or the scorer would take as
+finished. :class:`BatchedStoreWriter` writes batch by batch, records finished batches in a small
+progress file beside the partial store, and resumes from there after a crash when the job's
+fingerprint (its inputs and options) is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import xarray as xr
+
+from rationality.schema import SAMPLE
+
+PARTIAL_SUFFIX = ".partial"
+PROGRESS_SUFFIX = ".progress.json"
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before it is complete."""
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def _publish(partial: Path, path: Path) -> None:
+    """Replace ``path`` by the finished ``partial`` store and drop its progress file."""
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(partial, path)
+    partial.with_name(partial.name + PROGRESS_SUFFIX).unlink(missing_ok=True)
+
+
+def write_dataset(ds: xr.Dataset, path: str | Path, encoding: Mapping | None = None) -> Path:
+    """Write a whole (possibly Dask-backed) dataset crash-safely; returns the final path.
+
+    Dask arrays are computed chunk by chunk as they are written, under whatever scheduler is active.
+    """
+    path = Path(path)
+    partial = partial_path(path)
+    if partial.exists():
+        shutil.rmtree(partial)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_zarr(partial, mode="w", consolidated=False, encoding=dict(encoding or {}))
+    _publish(partial, path)
+    return path
+
+
+class BatchedStoreWriter:
+    """Writes the per-sample arrays of a store one batch of samples at a time.
+
+    Args:
+        path: final store path.
+        template: the complete dataset with its coordinates and attributes; per-sample arrays may be
+            lazy (e.g. ``dask.array.zeros``) since only their shape, dtype and chunks are used.
+        batch_size: samples per batch; batch ``b`` covers samples ``[b * batch_size, (b+1) * batch_size)``.
+            Arrays along ``sample`` are chunked by ``batch_size`` so that batches never share a chunk.
+        fingerprint: identifies the job (inputs and options); a partial store with another
+            fingerprint is discarded instead of resumed.
+    """
+
+    def __init__(self, path: str | Path, template: xr.Dataset, batch_size: int, fingerprint: str) -> None:
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.batch_size = batch_size
+        self.n_samples = template.sizes[SAMPLE]
+        self.n_batches = -(-self.n_samples // batch_size)
+        self.fingerprint = fingerprint
+        self._dims = {name: var.dims for name, var in template.data_vars.items() if SAMPLE in var.dims}
+        self._sample_arrays = list(self._dims)
+        self._done = self._resume_or_create(template)
+
+    def _progress(self) -> Path:
+        return self.partial.with_name(self.partial.name + PROGRESS_SUFFIX)
+
+    def _resume_or_create(self, template: xr.Dataset) -> set[int]:
+        if self._progress().exists():
+            progress = json.loads(self._progress().read_text())
+            if progress.get("fingerprint") == self.fingerprint and progress.get("n_batches") == self.n_batches:
+                return set(progress["done"])
+        if self.partial.exists():
+            shutil.rmtree(self.partial)
+        self._progress().unlink(missing_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        encoding = {
+            name: {"chunks": tuple(self.batch_size if dim == SAMPLE else size
+                                   for dim, size in zip(template[name].dims, template[name].shape))}
+            for name in self._sample_arrays
+        }
+        template.to_zarr(self.partial, mode="w", compute=False, consolidated=False, encoding=encoding)
+        self._save_progress(set())
+        return set()
+
+    def _save_progress(self, done: set[int]) -> None:
+        staging = self._progress().with_suffix(".tmp")
+        staging.write_text(json.dumps(
+            {"fingerprint": self.fingerprint, "n_batches": self.n_batches, "done": sorted(done)}))
+        os.replace(staging, self._progress())
+
+    @property
+    def pending_batches(self) -> list[int]:
+        """Indices of the batches still to write, in order."""
+        return [b for b in range(self.n_batches) if b not in self._done]
+
+    def batch_slice(self, batch: int) -> slice:
+        """The sample positions batch ``batch`` covers."""
+        return slice(batch * self.batch_size, min((batch + 1) * self.batch_size, self.n_samples))
+
+    def write(self, batch: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write every per-sample array of ``batch`` (first axis = the batch's samples), then mark it done.
+
+        Raises:
+            ValueError: if an array is missing or has the wrong number of samples.
+        """
+        region = self.batch_slice(batch)
+        expected = region.stop - region.start
+        if set(arrays) != set(self._sample_arrays):
+            raise ValueError(f"batch arrays {sorted(arrays)} differ from the store's {sorted(self._sample_arrays)}")
+        for name, value in arrays.items():
+            if len(value) != expected:
+                raise ValueError(f"array {name!r} has {len(value)} samples for batch {batch}, expected {expected}")
+        batch_ds = xr.Dataset({name: (self._dims[name], np.asarray(value)) for name, value in arrays.items()})
+        batch_ds.to_zarr(self.partial, region={SAMPLE: region}, consolidated=False)
+        self._done.add(batch)
+        self._save_progress(self._done)
+
+    def finish(self) -> Path:
+        """Publish the store once every batch is written; returns the final path.
+
+        Raises:
+            RuntimeError: if batches are still missing.
+        """
+        if self.pending_batches:
+            raise RuntimeError(f"{self.partial}: batches {self.pending_batches} were never written")
+        _publish(self.partial, self.path)
+        return self.path
