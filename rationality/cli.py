@@ -56,6 +56,15 @@ def _cmd_masks(args: argparse.Namespace) -> None:
     print(f"wrote {build_mask_store(_dataset(args), args.split, Geometry.from_name(args.geometry), args.out)}")
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from rationality.pretrain import pretrain_image_text
+
+    spec = args.spec
+    path = pretrain_image_text(args.model, _dataset(args), args.split, args.out, epochs=spec["epochs"],
+                               lr=float(spec["lr"]), batch_size=spec["batch_size"], seed=args.seed)
+    print(f"wrote {path}")
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from rationality.train import train_checkpoint
 
@@ -126,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--geometry", required=True, help="r<resize>c<crop>, e.g. r224c224")
     masks.add_argument("--out", required=True, help="mask store (.zarr) to write")
     masks.set_defaults(run=_cmd_masks)
+
+    pretrain = commands.add_parser("pretrain", help="image-text pretraining of a small random model (demo)")
+    pretrain.add_argument("--model", required=True, type=_spec("model", "--model"), help="model spec")
+    pretrain.add_argument("--spec", required=True, type=_spec("pretrain", "--spec"),
+                          help="{dataset, split, epochs, lr, batch_size}")
+    dataset_options(pretrain, "split to pretrain on")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--out", required=True, help="open_clip state dict (.pt) to write")
+    pretrain.set_defaults(run=_cmd_pretrain)
 
     train = commands.add_parser("train", help="adapt a model with one method; write a checkpoint")
     train.add_argument("--model", required=True, type=_spec("model", "--model"), help="model spec")

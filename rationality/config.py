@@ -61,7 +61,19 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
         unknown = [name for name in filled["runs"][section] if name not in filled[section]]
         if unknown:
             raise ConfigError(f"{source} is invalid:\n  runs.{section}: {unknown} not defined under {section}")
+    for model, pretrain in filled["pretrain"].items():
+        expected = pretrained_path(model)
+        if model not in filled["models"] or filled["models"][model]["pretrained"] != expected:
+            raise ConfigError(f"{source} is invalid:\n  pretrain.{model}: needs models.{model}.pretrained: {expected}")
+        if pretrain["dataset"] not in filled["datasets"]:
+            raise ConfigError(f"{source} is invalid:\n  pretrain.{model}.dataset: {pretrain['dataset']!r} "
+                              f"is not defined under datasets")
     return filled
+
+
+def pretrained_path(model: str) -> str:
+    """Where the workflow writes the weights of a model it pretrains itself."""
+    return f"results/pretrained/{model}.pt"
 
 
 def validate_spec(kind: str, spec: Any, source: str) -> dict[str, Any]:

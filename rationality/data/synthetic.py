@@ -1,7 +1,9 @@
 """A seeded synthetic shape-classification dataset with exact object masks, and its reader.
 
 Each image shows one textured shape (the class) on a cluttered background: a smooth colour
-gradient, thin lines and small blobs. The background's hue can carry a spurious cue: with
+gradient, thin lines and small blobs. Shape and texture both identify the class (disk: stripes,
+square: checks, triangle: dots, cross: rings), in a random colour, so a small model can learn the
+object from local patches. The background's hue can carry a spurious cue: with
 probability ``background_bias`` a ``train``-split image gets its class's fixed hue, so a model can
 learn the background instead of the object; every other split always gets a random hue.
 
@@ -149,7 +151,7 @@ def _render_sample(
     _draw_shape(rng, ImageDraw.Draw(mask), CLASS_NAMES[label], size)
     pixels = np.array(image)
     inside = np.asarray(mask) == 255
-    pixels[inside] = _to_uint8(_striped_fill(rng, size, background_value))[inside]
+    pixels[inside] = _to_uint8(_textured_fill(rng, label, size, background_value))[inside]
     return Image.fromarray(pixels), mask
 
 
@@ -217,18 +219,35 @@ def _unit_polygon(shape: str) -> list[tuple[float, float]]:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _striped_fill(rng: np.random.Generator, size: tuple[int, int], background_value: float) -> np.ndarray:
-    """A saturated colour in stripes of full and 65% brightness; dark on light backgrounds.
+def _textured_fill(rng: np.random.Generator, label: int, size: tuple[int, int], background_value: float) -> np.ndarray:
+    """A saturated random colour modulated by the class's texture; dark on light backgrounds.
+
+    Textures alternate the colour with a darker (light objects) or lighter (dark objects) shade:
+    stripes (class 0), checks (1), dots (2), rings (3), with a random period of 3-6 pixels and a
+    random orientation.
 
     Returns:
         float [H, W, 3] in [0, 1].
     """
     width, height = size
-    value = rng.uniform(0.15, 0.35) if background_value >= 0.675 else rng.uniform(0.9, 1.0)
+    dark_object = background_value >= 0.675
+    value = rng.uniform(0.15, 0.35) if dark_object else rng.uniform(0.9, 1.0)
     colour = np.array(_hsv(rng.random(), rng.uniform(0.6, 1.0), value))
     period = rng.uniform(3.0, 6.0)
-    stripes = np.floor(_projection(width, height, rng.uniform(0.0, math.pi)) / period) % 2
-    return colour * (1.0 - 0.35 * stripes[..., None])
+    angle = rng.uniform(0.0, math.pi)
+    along = _projection(width, height, angle) / period
+    across = _projection(width, height, angle + math.pi / 2.0) / period
+    if label == 0:
+        alternate = np.floor(along) % 2
+    elif label == 1:
+        alternate = (np.floor(along) + np.floor(across)) % 2
+    elif label == 2:
+        alternate = 1.0 - ((along % 1.0 - 0.5) ** 2 + (across % 1.0 - 0.5) ** 2 < 0.09)
+    else:
+        alternate = np.floor(np.hypot(along - along.mean(), across - across.mean())) % 2
+    if dark_object:
+        return colour + 0.4 * alternate[..., None]
+    return colour * (1.0 - 0.45 * alternate[..., None])
 
 
 def _projection(width: int, height: int, angle: float) -> np.ndarray:

@@ -43,7 +43,7 @@ def train_classifier(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += float(loss) * len(labels)
+                loss_sum += float(loss.detach()) * len(labels)
                 correct += int((logits.argmax(dim=1) == labels).sum())
                 seen += len(labels)
             log.writerow([epoch, f"{loss_sum / seen:.6f}", f"{correct / seen:.6f}"])

@@ -46,7 +46,10 @@ def check_quick_gelu(name: str, pretrained: str | None, options: dict) -> None:
     """
     if pretrained is None:
         return
-    tag_quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+    pretrained_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not pretrained_cfg:  # a local weights file (or a tag open_clip rejects itself): activation unknown
+        return
+    tag_quick_gelu = bool(pretrained_cfg.get("quick_gelu", False))
     model_quick_gelu = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False)
                             or options.get("force_quick_gelu", False))
     if tag_quick_gelu != model_quick_gelu:

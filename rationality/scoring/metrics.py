@@ -69,8 +69,9 @@ def rationality_metrics(
     if not (rma.shape == edge_case.shape == correct.shape and rma.ndim == 1):
         raise ValueError(f"rma, edge_case and correct must be [n], got {rma.shape}, {edge_case.shape}, {correct.shape}")
     undefined_mask = edge_case != EdgeCase.OK
+    # Compare in RMA's own precision: a float32 RMA of 0.7 is valid at threshold 0.7.
     with np.errstate(invalid="ignore"):
-        valid = np.where(undefined_mask, undefined == "valid", rma >= threshold)
+        valid = np.where(undefined_mask, undefined == "valid", rma >= np.asarray(threshold, dtype=rma.dtype))
     included = ~undefined_mask if undefined == "exclude" else np.ones_like(correct)
     rr = int(np.sum(included & correct & valid))
     rw = int(np.sum(included & correct & ~valid))

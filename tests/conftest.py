@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny random-init open_clip model and one tiny synthetic dataset per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: The project's tiny open_clip ViT: random init (seeded), 64 px input, 8 x 8 grid, 4 blocks, 4 heads.
+TINY_MODEL: dict[str, Any] = {"adapter": "open_clip", "name": "rationality-tiny-vit", "input_size": 64}
+#: Images per class of each split of the shared synthetic dataset (4 classes).
+SYNTHETIC_COUNTS = {"train": 4, "test": 3}
+SYNTHETIC_SIZE = (48, 40)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Run torch on one thread: the tiny model gains nothing from intra-op threads, and when the two
+    cores are shared (pytest-xdist, Snakemake jobs, a busy CI box) OpenMP threads thrash (8x slower)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_spec() -> dict[str, Any]:
+    """The tiny model's spec (shared: derive variants with ``{**tiny_model_spec, ...}``, never mutate)."""
+    return dict(TINY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter():
+    """One tiny adapter for tests that only run it (eval mode; never trained or modified)."""
+    from rationality.models import create_adapter
+
+    return create_adapter(dict(TINY_MODEL))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic dataset (train 4/class, test 3/class), shared read-only by every test."""
+    from rationality.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic-data")
+    generate_synthetic_dataset(root, samples_per_class=dict(SYNTHETIC_COUNTS), image_size=SYNTHETIC_SIZE, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_spec(synthetic_root: Path) -> dict[str, Any]:
+    """The dataset spec ``{name, reader, root}`` of :func:`synthetic_root`."""
+    return {"name": "synth", "reader": "synthetic", "root": str(synthetic_root)}

@@ -1,0 +1,217 @@
+"""Heatmaps: the all-start-layer recurrence, batching, attention recording, and a from-scratch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rationality.errors import ConfigError
+from rationality.explain import create_explainer, explain_batch, list_explainers
+from rationality.explain.attribution import cls_rows_for_all_start_layers
+from rationality.models import ImageClassifier, LinearHead, PromptHead
+
+PROMPTS = ["a photo of a disk.", "a photo of a square.", "a photo of a triangle.", "a photo of a cross."]
+EXPLAINERS = ["generic_attention", "attention_gradient"]
+
+
+def _pixels(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module", params=["prompt", "linear"])
+def classifier(request: pytest.FixtureRequest, tiny_adapter) -> ImageClassifier:
+    if request.param == "prompt":
+        head = PromptHead.from_prompts(tiny_adapter, PROMPTS)
+    else:
+        torch.manual_seed(5)
+        head = LinearHead(32, len(PROMPTS), normalize_features=False)
+    return ImageClassifier(tiny_adapter, head).eval()
+
+
+def _explain(classifier: ImageClassifier, pixels: torch.Tensor, labels: list[int],
+             names: list[str] = EXPLAINERS) -> tuple[torch.Tensor, torch.Tensor]:
+    return explain_batch(classifier, pixels, torch.tensor(labels), [create_explainer(n) for n in names])
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Max abs difference < 1e-5, and small relative to the values (heatmaps can be small)."""
+    diff = (actual - expected).abs().max().item()
+    assert diff < 1e-5, diff
+    assert diff <= 1e-4 * expected.abs().max().item(), (diff, expected.abs().max().item())
+
+
+# --------------------------------------------------------------------------- the recurrence
+
+
+def test_cls_rows_equal_direct_products() -> None:
+    generator = torch.Generator().manual_seed(0)
+    batch, tokens, layers = 3, 6, 5
+    relevances = [torch.rand(batch, tokens, tokens, generator=generator, dtype=torch.float64) for _ in range(layers)]
+    rows = cls_rows_for_all_start_layers(relevances)
+    assert rows.shape == (batch, layers, tokens - 1)
+    for s in range(layers):
+        r = torch.eye(tokens, dtype=torch.float64).expand(batch, tokens, tokens)
+        for layer in range(s, layers):
+            r = r + relevances[layer] @ r
+        torch.testing.assert_close(rows[:, s], r[:, 0, 1:], atol=1e-10, rtol=0)
+    # Start layers differ: more blocks, more relevance.
+    assert (rows[:, 0].sum(-1) > rows[:, -1].sum(-1)).all()
+
+
+def test_cls_rows_single_block() -> None:
+    relevance = torch.arange(9, dtype=torch.float64).view(1, 3, 3)
+    torch.testing.assert_close(cls_rows_for_all_start_layers([relevance])[0, 0], relevance[0, 0, 1:])
+
+
+# --------------------------------------------------------------------------- explain_batch
+
+
+def test_shapes_and_logits(classifier: ImageClassifier) -> None:
+    pixels = _pixels(3, seed=1)
+    logits, heatmaps = _explain(classifier, pixels, [0, 3, 1])
+    assert heatmaps.shape == (3, len(EXPLAINERS), 4, 8, 8)
+    assert heatmaps.dtype == torch.float32
+    assert not logits.requires_grad and not heatmaps.requires_grad
+    assert (heatmaps >= 0).all()  # both explainers clamp negative relevance
+    with torch.no_grad():
+        expected = classifier(pixels)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_batched_equals_per_sample(classifier: ImageClassifier) -> None:
+    pixels, labels = _pixels(4, seed=2), [2, 0, 3, 2]
+    _, batched = _explain(classifier, pixels, labels)
+    singles = torch.cat([_explain(classifier, pixels[i : i + 1], labels[i : i + 1])[1] for i in range(4)])
+    _assert_close(batched, singles)
+    assert (singles[0] - singles[3]).abs().max() > 1e-3  # samples give different heatmaps
+
+
+def test_sample_independent_of_batch_companions(classifier: ImageClassifier) -> None:
+    pixels = _pixels(4, seed=3)
+    _, first = _explain(classifier, torch.stack([pixels[0], pixels[1]]), [1, 2])
+    _, second = _explain(classifier, torch.stack([pixels[2], pixels[3], pixels[0]]), [0, 0, 1])
+    _assert_close(second[2], first[0])
+
+
+def test_heatmap_explains_the_given_label(classifier: ImageClassifier) -> None:
+    pixels = _pixels(1, seed=4)
+    _, for_zero = _explain(classifier, pixels, [0])
+    _, for_two = _explain(classifier, pixels, [2])
+    assert (for_zero - for_two).abs().max() > 1e-4
+
+
+def test_recording_attention_changes_nothing(tiny_adapter) -> None:
+    pixels = _pixels(2, seed=5)
+    blocks = list(tiny_adapter.model.visual.transformer.resblocks)
+    originals = [block.attn for block in blocks]
+    with torch.no_grad():
+        plain = tiny_adapter.encode_image(pixels)
+        with tiny_adapter.recording_attention() as probabilities:
+            recorded = tiny_adapter.encode_image(pixels)
+            assert all(not isinstance(block.attn, nn.MultiheadAttention) for block in blocks)
+    torch.testing.assert_close(recorded, plain, atol=1e-5, rtol=0)
+    assert len(probabilities) == tiny_adapter.num_blocks == 4
+    for p in probabilities:
+        assert p.shape == (2, 4, 65, 65)
+        assert (p >= 0).all()
+        torch.testing.assert_close(p.sum(dim=-1), torch.ones(2, 4, 65), atol=1e-5, rtol=0)
+    assert all(block.attn is original for block, original in zip(blocks, originals))
+    assert all(type(block.attn) is nn.MultiheadAttention for block in blocks)
+
+
+def test_recording_context_restores_after_an_error(tiny_adapter) -> None:
+    blocks = list(tiny_adapter.model.visual.transformer.resblocks)
+    originals = [block.attn for block in blocks]
+    with pytest.raises(RuntimeError, match="boom"):
+        with tiny_adapter.recording_attention():
+            raise RuntimeError("boom")
+    assert all(block.attn is original for block, original in zip(blocks, originals))
+
+
+# --------------------------------------------------------------------------- from-scratch reference
+
+
+def _reference_forward(visual: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The open_clip ViT written out: embedding [B, D] and each block's attention [B, H, T, T] (grads retained)."""
+    x = visual.conv1(pixels)  # [B, D, gy, gx]
+    x = x.flatten(2).transpose(1, 2)  # [B, gy*gx, D], row-major over the grid
+    cls = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding
+    x = visual.ln_pre(x)
+    attentions = []
+    for block in visual.transformer.resblocks:
+        mha = block.attn
+        width, heads = mha.embed_dim, mha.num_heads
+        head_dim = width // heads
+        h = block.ln_1(x)
+        qkv = h @ mha.in_proj_weight.T + mha.in_proj_bias
+        q, k, v = qkv[..., :width], qkv[..., width : 2 * width], qkv[..., 2 * width :]
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(t.shape[0], t.shape[1], heads, head_dim).transpose(1, 2)  # [B, H, T, d]
+
+        scores = split(q) @ split(k).transpose(-1, -2) / head_dim**0.5
+        attention = torch.softmax(scores, dim=-1)
+        if attention.requires_grad:
+            attention.retain_grad()
+        attentions.append(attention)
+        mixed = (attention @ split(v)).transpose(1, 2).reshape(x.shape)
+        x = x + block.ls_1(mha.out_proj(mixed))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    embedding = visual.ln_post(x[:, 0]) @ visual.proj
+    return embedding, attentions
+
+
+def _reference_heatmaps(classifier: ImageClassifier, pixel: torch.Tensor, label: int) -> dict[str, torch.Tensor]:
+    """Chefer's R for every start layer of one sample, from .backward() gradients: name -> [L, gy*gx]."""
+    visual = classifier.adapter.model.visual
+    embedding, attentions = _reference_forward(visual, pixel[None].clone().requires_grad_(True))
+    logits = classifier.head(embedding)
+    logits[0, label].backward()
+    classifier.zero_grad(set_to_none=True)  # leave the shared model's parameters as they were
+    tokens = attentions[0].shape[-1]
+    per_block = {
+        "generic_attention": [(a.grad[0] * a[0]).clamp(min=0).mean(dim=0).detach() for a in attentions],
+        "attention_gradient": [a.grad[0].clamp(min=0).mean(dim=0) for a in attentions],
+    }
+    out = {}
+    for name, relevances in per_block.items():
+        rows = []
+        for start in range(len(attentions)):
+            r = torch.eye(tokens)
+            for layer in range(start, len(attentions)):
+                r = r + relevances[layer] @ r
+            rows.append(r[0, 1:])
+        out[name] = torch.stack(rows)
+    return out
+
+
+def test_reference_forward_matches_encode_image(tiny_adapter) -> None:
+    pixels = _pixels(3, seed=6)
+    with torch.no_grad():
+        embedding, attentions = _reference_forward(tiny_adapter.model.visual, pixels)
+        torch.testing.assert_close(embedding, tiny_adapter.encode_image(pixels), atol=1e-5, rtol=0)
+        with tiny_adapter.recording_attention() as recorded:
+            tiny_adapter.encode_image(pixels)
+    for ours, theirs in zip(attentions, recorded, strict=True):
+        torch.testing.assert_close(theirs, ours, atol=1e-6, rtol=0)
+
+
+def test_explain_batch_equals_reference(classifier: ImageClassifier) -> None:
+    pixels, labels = _pixels(3, seed=7), [1, 3, 0]
+    logits, heatmaps = _explain(classifier, pixels, labels)
+    for i, label in enumerate(labels):
+        reference = _reference_heatmaps(classifier, pixels[i], label)
+        for e, name in enumerate(EXPLAINERS):
+            ours = heatmaps[i, e].reshape(4, 64)
+            _assert_close(ours, reference[name])
+            assert (reference[name][0] - reference[name][-1]).abs().max() > 1e-4  # start layers differ
+    assert all(p.grad is None for p in classifier.parameters())
+
+
+def test_unknown_explainer() -> None:
+    assert set(EXPLAINERS) <= set(list_explainers())
+    with pytest.raises(ConfigError, match="nope") as caught:
+        create_explainer("nope")
+    assert all(name in str(caught.value) for name in EXPLAINERS)

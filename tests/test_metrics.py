@@ -1,0 +1,128 @@
+"""Quadrants, PT, IR and accuracy from per-sample RMA, with the undefined-sample policies."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rationality.schema import EdgeCase
+from rationality.scoring.metrics import rationality_metrics
+
+NAN = float("nan")
+# sample:        0     1     2     3     4     5                      6                          7
+RMA = np.array([0.9, 0.2, 0.5, 0.7, 0.1, NAN, NAN, 0.6], dtype=np.float32)
+EDGE = np.array([0, 0, 0, 0, 0, EdgeCase.EMPTY_MASK, EdgeCase.ZERO_SUM_HEATMAP, 0], dtype=np.int8)
+CORRECT = np.array([True, True, True, False, False, True, False, True])
+# At threshold 0.5 the defined samples are: 0 RR, 1 RW, 2 RR (0.5 is valid), 3 WR, 4 WW, 7 RR;
+# sample 5 is correct and undefined, sample 6 wrong and undefined.
+
+
+def test_invalid_policy_counts() -> None:
+    m = rationality_metrics(RMA, EDGE, CORRECT, threshold=0.5, undefined="invalid")
+    assert (m.rr, m.rw, m.wr, m.ww) == (3, 2, 1, 2)
+    assert m.pt == pytest.approx(3 / 5)
+    assert m.ir == pytest.approx(3 / 4)
+    assert m.accuracy == pytest.approx(5 / 8)
+    assert (m.n, m.n_undefined, m.n_empty_mask, m.n_excluded) == (8, 2, 1, 0)
+
+
+def test_valid_policy_counts() -> None:
+    m = rationality_metrics(RMA, EDGE, CORRECT, threshold=0.5, undefined="valid")
+    assert (m.rr, m.rw, m.wr, m.ww) == (4, 1, 2, 1)
+    assert m.pt == pytest.approx(4 / 5)
+    assert m.ir == pytest.approx(4 / 6)
+    assert m.accuracy == pytest.approx(5 / 8)
+    assert (m.n, m.n_undefined, m.n_empty_mask, m.n_excluded) == (8, 2, 1, 0)
+
+
+def test_exclude_policy_counts() -> None:
+    m = rationality_metrics(RMA, EDGE, CORRECT, threshold=0.5, undefined="exclude")
+    assert (m.rr, m.rw, m.wr, m.ww) == (3, 1, 1, 1)
+    assert m.pt == pytest.approx(3 / 4)
+    assert m.ir == pytest.approx(3 / 4)
+    assert m.accuracy == pytest.approx(5 / 8)  # accuracy is over every sample
+    assert (m.n, m.n_undefined, m.n_empty_mask, m.n_excluded) == (8, 2, 1, 2)
+
+
+def test_default_policy_is_invalid_and_threshold_half() -> None:
+    assert rationality_metrics(RMA, EDGE, CORRECT) == rationality_metrics(RMA, EDGE, CORRECT, 0.5, "invalid")
+
+
+@pytest.mark.parametrize("value", [0.5, 0.25, 0.75, 0.0, 1.0, 0.7, 0.1])
+def test_threshold_boundary_counts_valid(value: float) -> None:
+    """RMA equal to the threshold is valid, also where float32 cannot hold the threshold exactly (0.7)."""
+    rma = np.array([value], dtype=np.float32)
+    edge = np.zeros(1, dtype=np.int8)
+    correct = np.array([True])
+    at = rationality_metrics(rma, edge, correct, threshold=value)
+    assert (at.rr, at.rw) == (1, 0)
+    above = rationality_metrics(rma, edge, correct, threshold=float(np.nextafter(np.float32(value), np.float32(2))))
+    assert (above.rr, above.rw) == (0, 1)
+
+
+def test_threshold_moves_samples_between_quadrants() -> None:
+    m = rationality_metrics(RMA, EDGE, CORRECT, threshold=0.65)  # 2 (0.5) and 7 (0.6) turn invalid
+    assert (m.rr, m.rw, m.wr, m.ww) == (1, 4, 1, 2)
+    assert m.pt == pytest.approx(1 / 5)
+    assert m.ir == pytest.approx(1 / 2)
+
+
+def test_no_correct_prediction_gives_nan_pt() -> None:
+    m = rationality_metrics(np.array([0.9, 0.1]), np.zeros(2, np.int8), np.array([False, False]))
+    assert (m.rr, m.rw, m.wr, m.ww) == (0, 0, 1, 1)
+    assert math.isnan(m.pt)
+    assert m.ir == 0.0
+    assert m.accuracy == 0.0
+
+
+def test_no_valid_evidence_gives_nan_ir() -> None:
+    m = rationality_metrics(np.array([0.1, 0.2, 0.3]), np.zeros(3, np.int8), np.array([True, False, True]))
+    assert (m.rr, m.rw, m.wr, m.ww) == (0, 2, 0, 1)
+    assert math.isnan(m.ir)
+    assert m.pt == 0.0
+    assert m.accuracy == pytest.approx(2 / 3)
+
+
+def test_everything_excluded() -> None:
+    m = rationality_metrics(np.array([NAN, NAN]), np.array([1, 3], np.int8), np.array([True, False]), undefined="exclude")
+    assert (m.rr, m.rw, m.wr, m.ww, m.n_excluded, m.n_empty_mask) == (0, 0, 0, 0, 2, 1)
+    assert math.isnan(m.pt) and math.isnan(m.ir)
+    assert m.accuracy == 0.5
+
+
+def test_empty_input_gives_nan_everywhere() -> None:
+    m = rationality_metrics(np.array([]), np.array([], np.int8), np.array([], bool))
+    assert m.n == 0
+    assert math.isnan(m.accuracy) and math.isnan(m.pt) and math.isnan(m.ir)
+
+
+def test_undefined_sample_ignores_its_rma_value() -> None:
+    """The policy, not a stale value in ``rma``, decides an undefined sample."""
+    rma = np.array([0.9, 0.9])
+    edge = np.array([EdgeCase.NON_FINITE_HEATMAP, EdgeCase.OK], dtype=np.int8)
+    m = rationality_metrics(rma, edge, np.array([True, True]), undefined="invalid")
+    assert (m.rr, m.rw, m.n_undefined, m.n_empty_mask) == (1, 1, 1, 0)
+
+
+def test_to_dict() -> None:
+    d = rationality_metrics(RMA, EDGE, CORRECT).to_dict()
+    assert set(d) == {"accuracy", "pt", "ir", "rr", "rw", "wr", "ww", "n", "n_undefined", "n_empty_mask", "n_excluded"}
+    assert d["rr"] == 3
+
+
+def test_bad_policy() -> None:
+    with pytest.raises(ValueError, match="undefined policy"):
+        rationality_metrics(RMA, EDGE, CORRECT, undefined="ignore")
+
+
+@pytest.mark.parametrize(("rma", "edge", "correct"), [
+    (RMA[:-1], EDGE, CORRECT),
+    (RMA, EDGE[:-1], CORRECT),
+    (RMA, EDGE, CORRECT[:-1]),
+    (RMA.reshape(2, 4), EDGE.reshape(2, 4), CORRECT.reshape(2, 4)),
+])
+def test_shape_mismatch(rma: np.ndarray, edge: np.ndarray, correct: np.ndarray) -> None:
+    with pytest.raises(ValueError, match=r"\[n\]"):
+        rationality_metrics(rma, edge, correct)

@@ -1,0 +1,111 @@
+"""The Snakemake workflow end to end on a tiny demo, and what re-runs when which option changes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config() -> dict:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["synthetic"]["demo"]["samples_per_class"] = {"pretrain": 4, "train": 4, "test": 3}
+    config["pretrain"]["tiny-vit"]["epochs"] = 1
+    config["synthetic"]["demo"]["image_size"] = [48, 40]
+    config["methods"]["lp"]["epochs"] = 2
+    config["methods"]["ft"]["epochs"] = 1
+    return config
+
+
+def snakemake(workdir: Path, *args: str, configfile: str = "config.yaml",
+              config: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run Snakemake on the repository's workflow in ``workdir`` (options that take lists go last)."""
+    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [str(SNAKEMAKE), *args, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+         "--configfile", str(workdir / configfile), *(("--config", *config) if config else ())],
+        capture_output=True, text=True, env=env, timeout=900)
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """Rule -> job count from a dry run's 'Job stats' table."""
+    if "Nothing to be done" in dry_run_output:
+        return {}
+    table = dry_run_output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE))
+    counts.pop("total", None)
+    return {rule: int(count) for rule, count in counts.items()}
+
+
+@pytest.fixture(scope="module")
+def finished_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config()))
+    result = snakemake(workdir, "results/tables/pt_ir.csv")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+def test_demo_produces_the_table(finished_demo: Path) -> None:
+    table = pd.read_csv(finished_demo / "results" / "tables" / "pt_ir.csv")
+    assert set(table["method"]) == {"zs", "lp", "ft"}
+    assert set(table["start_layer_policy"]) == {"paper", "all_blocks", "last_block"}
+    assert len(table) == 3 * 2 * 3  # methods x explainers x policies
+    assert (table["n"] == 4 * 3).all()
+    assert (table[["rr", "rw", "wr", "ww"]].sum(axis=1) == table["n"]).all()
+    assert (table["threshold"] == 0.5).all()
+    paper = table[table["start_layer_policy"] == "paper"].groupby("method")["start_layer"].agg(set)
+    assert paper.to_dict() == {"zs": {3}, "lp": {0}, "ft": {0}}  # tiny model: 4 blocks
+    for kind, suffix in (("logs", ".log"), ("benchmarks", ".tsv")):
+        jobs = ["synthetic_data/demo", "pretrain/tiny-vit", "masks/demo/test-r64c64", "tables/pt_ir"] + [
+            f"{rule}/tiny-vit/demo/{method}" for rule in ("train", "infer", "score") for method in ("zs", "lp", "ft")]
+        missing = [job for job in jobs if not (finished_demo / "results" / kind / f"{job}{suffix}").is_file()]
+        assert not missing, f"no {kind} for {missing}"
+
+
+def test_new_threshold_reruns_only_the_table(finished_demo: Path) -> None:
+    result = snakemake(finished_demo, "-n", "results/tables/pt_ir.csv", config=("threshold=0.6",))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert planned_jobs(result.stdout + result.stderr) == {"pt_ir_table": 1}
+
+
+def test_new_normalization_reruns_scoring_not_the_model(finished_demo: Path) -> None:
+    config = tiny_config()
+    config["scoring"]["normalization"] = "none"
+    (finished_demo / "config-none.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(finished_demo, "-n", "results/tables/pt_ir.csv", configfile="config-none.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert planned_jobs(result.stdout + result.stderr) == {"score": 3, "pt_ir_table": 1}
+
+
+def test_invalid_config_key_is_refused(tmp_path: Path) -> None:
+    config = tiny_config()
+    config["models"]["tiny-vit"]["pretrianed"] = "openai"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n")
+    assert result.returncode != 0
+    assert "pretrianed" in result.stdout + result.stderr
+
+
+def test_rescore_from_the_cli_matches_the_table(finished_demo: Path) -> None:
+    stores = sorted(str(p) for p in (finished_demo / "results" / "scores").glob("*/*/*.zarr"))
+    out = finished_demo / "rescored.csv"
+    rationality = shutil.which("rationality", path=str(SNAKEMAKE.parent))
+    subprocess.run([rationality, "table", *stores, "--threshold", "0.5", "--out", str(out)], check=True,
+                   capture_output=True)
+    ours = pd.read_csv(out).sort_values(["method", "explainer", "start_layer_policy"]).reset_index(drop=True)
+    workflow = pd.read_csv(finished_demo / "results" / "tables" / "pt_ir.csv").sort_values(
+        ["method", "explainer", "start_layer_policy"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours, workflow)

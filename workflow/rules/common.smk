@@ -1,0 +1,117 @@
+"""Config validation, wildcard constraints and the input/param functions every rule shares.
+
+Rules stay declarative: each param is a named function of the wildcards returning exactly what
+the rule's command reads, so a change to anything else never re-runs it.
+"""
+
+import json
+import re
+
+from snakemake.utils import min_version, validate
+
+from rationality.config import pretrained_path, validate_config
+
+min_version("8.20")
+
+validate(config, "../schemas/config.schema.yaml")
+config.update(validate_config(config, source="workflow config"))
+
+
+def _names(section):
+    return "|".join(re.escape(name) for name in config[section])
+
+
+wildcard_constraints:
+    model=_names("models"),
+    dataset=_names("datasets"),
+    method=_names("methods"),
+    synthetic=_names("synthetic") or "$^",
+    geometry=r"r\d+c\d+",
+    split=r"[^/]+",
+
+
+def synthetic_root(name):
+    return f"results/data/{name}"
+
+
+def as_json(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def synthetic_spec(wildcards):
+    return as_json(config["synthetic"][wildcards.synthetic])
+
+
+def model_spec(wildcards):
+    return as_json(config["models"][wildcards.model])
+
+
+def dataset_spec(wildcards):
+    return as_json(config["datasets"][wildcards.dataset])
+
+
+def method_spec(wildcards):
+    return as_json(config["methods"][wildcards.method])
+
+
+def train_split(wildcards):
+    return config["datasets"][wildcards.dataset]["train_split"]
+
+
+def test_split(wildcards):
+    return config["datasets"][wildcards.dataset]["test_split"]
+
+
+def generated_dataset(dataset):
+    """The generated dataset's index when ``dataset`` is one of the workflow's synthetic ones."""
+    root = config["datasets"][dataset]["root"].rstrip("/")
+    return [f"{synthetic_root(name)}/samples.csv" for name in config["synthetic"] if root == synthetic_root(name)]
+
+
+def dataset_inputs(wildcards):
+    return generated_dataset(wildcards.dataset)
+
+
+def model_inputs(wildcards):
+    """The model's weights when the workflow pretrains it itself."""
+    return [pretrained_path(wildcards.model)] if wildcards.model in config["pretrain"] else []
+
+
+def pretrain_inputs(wildcards):
+    return generated_dataset(config["pretrain"][wildcards.model]["dataset"])
+
+
+def pretrain_base_spec(wildcards):
+    return as_json({**config["models"][wildcards.model], "pretrained": None})
+
+
+def pretrain_spec(wildcards):
+    return as_json(config["pretrain"][wildcards.model])
+
+
+def pretrain_dataset(wildcards):
+    return config["pretrain"][wildcards.model]["dataset"]
+
+
+def pretrain_split(wildcards):
+    return config["pretrain"][wildcards.model]["split"]
+
+
+def pretrain_dataset_spec(wildcards):
+    return as_json(config["datasets"][pretrain_dataset(wildcards)])
+
+
+def model_geometry(model):
+    size = config["models"][model]["input_size"]
+    return f"r{size}c{size}"
+
+
+def masks_for_cache(wildcards):
+    dataset = config["datasets"][wildcards.dataset]
+    return f"results/masks/{wildcards.dataset}/{dataset['test_split']}-{model_geometry(wildcards.model)}.zarr"
+
+
+def all_scores():
+    runs = config["runs"]
+    return [f"results/scores/{model}/{dataset}/{method}.zarr"
+            for model in runs["models"] for dataset in runs["datasets"] for method in runs["methods"]]

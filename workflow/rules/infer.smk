@@ -1,0 +1,36 @@
+"""The GPU stage.
+
+infer   checkpoint + dataset (test split) -> results/cache/{model}/{dataset}/{method}.zarr:
+        logits (sample, class), label (sample), heatmap (sample, explainer, start_layer, gy, gx).
+        Written batch by batch to <store>.partial, resumable, renamed when complete.
+"""
+
+
+rule infer:
+    input:
+        dataset_inputs,
+        model_inputs,
+        checkpoint="results/checkpoints/{model}/{dataset}/{method}/checkpoint.pt",
+    output:
+        directory("results/cache/{model}/{dataset}/{method}.zarr"),
+    params:
+        dataset=dataset_spec,
+        split=test_split,
+        explainers=config["explainers"],
+        batch_size=config["infer"]["batch_size"],
+        device=config["infer"]["device"],
+        num_workers=config["infer"]["num_workers"],
+    log:
+        "results/logs/infer/{model}/{dataset}/{method}.log",
+    benchmark:
+        "results/benchmarks/infer/{model}/{dataset}/{method}.tsv"
+    resources:
+        gpu=config["resources"]["gpu"],
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+    shell:
+        "rationality infer --checkpoint {input.checkpoint:q}"
+        " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
+        " --explainers {params.explainers} --batch-size {params.batch_size} --device {params.device}"
+        " --num-workers {params.num_workers} --model-name {wildcards.model} --method-name {wildcards.method}"
+        " --out {output:q} > {log:q} 2>&1"

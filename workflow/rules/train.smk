@@ -1,0 +1,63 @@
+"""Pretraining (demo models only) and fine-tuning.
+
+pretrain  seeded random model + a synthetic split -> results/pretrained/{model}.pt (open_clip state dict),
+          for models listed under `pretrain:`; a stand-in for CLIP's web-scale pretraining.
+
+train   model + dataset (train split) + method -> results/checkpoints/{model}/{dataset}/{method}/
+        checkpoint.pt (what the GPU stage loads) and train_log.csv (loss / accuracy per epoch).
+        Zero-shot writes a checkpoint too: its text head, nothing trained.
+"""
+
+
+rule pretrain:
+    input:
+        pretrain_inputs,
+    output:
+        "results/pretrained/{model}.pt",
+    params:
+        model=pretrain_base_spec,
+        spec=pretrain_spec,
+        dataset_name=pretrain_dataset,
+        split=pretrain_split,
+        dataset=pretrain_dataset_spec,
+        seed=config["seed"],
+    log:
+        "results/logs/pretrain/{model}.log",
+    benchmark:
+        "results/benchmarks/pretrain/{model}.tsv"
+    resources:
+        gpu=config["resources"]["gpu"],
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+    shell:
+        "rationality pretrain --model {params.model:q} --spec {params.spec:q}"
+        " --dataset-name {params.dataset_name:q} --dataset {params.dataset:q} --split {params.split:q}"
+        " --seed {params.seed} --out {output:q} > {log:q} 2>&1"
+
+
+rule train:
+    input:
+        dataset_inputs,
+        model_inputs,
+    output:
+        checkpoint="results/checkpoints/{model}/{dataset}/{method}/checkpoint.pt",
+        train_log="results/checkpoints/{model}/{dataset}/{method}/train_log.csv",
+    params:
+        model=model_spec,
+        dataset=dataset_spec,
+        method=method_spec,
+        split=train_split,
+        seed=config["seed"],
+    log:
+        "results/logs/train/{model}/{dataset}/{method}.log",
+    benchmark:
+        "results/benchmarks/train/{model}/{dataset}/{method}.tsv"
+    resources:
+        gpu=config["resources"]["gpu"],
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+    shell:
+        "rationality train --model {params.model:q} --method {params.method:q}"
+        " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
+        " --seed {params.seed} --out results/checkpoints/{wildcards.model}/{wildcards.dataset}/{wildcards.method}"
+        " > {log:q} 2>&1"
