@@ -44,7 +44,7 @@ TRAIN_SPLIT = "train"
 
 _CLASS_HUES = tuple(k / len(CLASS_NAMES) for k in range(len(CLASS_NAMES)))
 _HUE_JITTER = 0.04
-_SIZE_RANGE = (0.30, 0.55)  # object diameter as a fraction of the image's short side
+_SIZE_RANGE = (0.40, 0.65)  # object diameter as a fraction of the image's short side
 _BLOB_RADIUS_RANGE = (0.02, 0.07)  # clutter blob radius as a fraction of the short side
 _CROSS_ARM = 0.3  # half-width of a cross arm relative to its half-length
 _MIN_SIDE = 16
@@ -223,7 +223,7 @@ def _textured_fill(rng: np.random.Generator, label: int, size: tuple[int, int], 
     """A saturated random colour modulated by the class's texture; dark on light backgrounds.
 
     Textures alternate the colour with a darker (light objects) or lighter (dark objects) shade:
-    stripes (class 0), checks (1), dots (2), rings (3), with a random period of 3-6 pixels and a
+    stripes (class 0), checks (1), dots (2), rings (3), with a random period of 4-7 pixels and a
     random orientation.
 
     Returns:
@@ -233,7 +233,7 @@ def _textured_fill(rng: np.random.Generator, label: int, size: tuple[int, int], 
     dark_object = background_value >= 0.675
     value = rng.uniform(0.15, 0.35) if dark_object else rng.uniform(0.9, 1.0)
     colour = np.array(_hsv(rng.random(), rng.uniform(0.6, 1.0), value))
-    period = rng.uniform(3.0, 6.0)
+    period = rng.uniform(4.0, 7.0)
     angle = rng.uniform(0.0, math.pi)
     along = _projection(width, height, angle) / period
     across = _projection(width, height, angle + math.pi / 2.0) / period
