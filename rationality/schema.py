@@ -208,7 +208,7 @@ def open_store(path: str, kind: StoreKind) -> xr.Dataset:
         hint = f" (an unfinished {partial} exists: its writer was interrupted)" if partial.exists() else ""
         raise StoreError(f"{path}: no such store{hint}")
     try:
-        ds = xr.open_zarr(store_path, consolidated=False)
+        ds = xr.open_zarr(store_path, consolidated=True)  # written last: a store without it is unfinished
     except Exception as exc:  # zarr raises many kinds; the user needs the path and the cause
         raise StoreError(f"{path}: cannot be opened as a Zarr store ({exc})") from exc
     return validate(ds, kind, source=str(path))

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from rationality.schema import SAMPLE
 
@@ -30,7 +32,14 @@ def partial_path(path: Path) -> Path:
 
 
 def _publish(partial: Path, path: Path) -> None:
-    """Replace ``path`` by the finished ``partial`` store and drop its progress file."""
+    """Consolidate the finished ``partial`` store's metadata, move it to ``path``, drop its progress file.
+
+    Consolidated metadata lets ``xarray.open_zarr(path)`` open the store with one read and without
+    listing the directory (where Snakemake leaves a ``.snakemake_timestamp`` file).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+        zarr.consolidate_metadata(str(partial))
     if path.exists():
         shutil.rmtree(path)
     os.replace(partial, path)

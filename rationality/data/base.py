@@ -13,12 +13,13 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from rationality.errors import ConfigError, DataError
+from rationality._registry import Registry
+from rationality.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -78,26 +79,12 @@ def read_rgb_image(path: Path) -> Image.Image:
         raise DataError(f"{path}: image file is corrupt or not an image ({exc})") from exc
 
 
-_DATASETS: dict[str, type[DatasetReader]] = {}
+_DATASETS: Registry[type[DatasetReader]] = Registry("dataset reader", "rationality.data._readers")
 
-
-def register_dataset(name: str) -> Callable[[type[DatasetReader]], type[DatasetReader]]:
-    """Class decorator: make a reader available to configs as ``reader: <name>``."""
-
-    def decorate(cls: type[DatasetReader]) -> type[DatasetReader]:
-        if name in _DATASETS:
-            raise ValueError(f"dataset reader {name!r} is registered twice")
-        _DATASETS[name] = cls
-        return cls
-
-    return decorate
-
-
-def list_datasets() -> list[str]:
-    """Names of the registered dataset readers."""
-    import rationality.data._readers  # noqa: F401  (registers the built-in readers)
-
-    return sorted(_DATASETS)
+#: Class decorator: make a reader available to configs as ``reader: <name>``.
+register_dataset = _DATASETS.register
+#: Names of the registered dataset readers.
+list_datasets = _DATASETS.names
 
 
 def create_dataset(reader: str, root: str | Path, **options: Any) -> DatasetReader:
@@ -106,7 +93,4 @@ def create_dataset(reader: str, root: str | Path, **options: Any) -> DatasetRead
     Raises:
         ConfigError: for an unknown reader name (the message lists the known ones).
     """
-    known = list_datasets()
-    if reader not in _DATASETS:
-        raise ConfigError(f"unknown dataset reader {reader!r}; known readers: {', '.join(known)}")
-    return _DATASETS[reader](root, **options)
+    return _DATASETS.get(reader)(root, **options)

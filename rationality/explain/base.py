@@ -12,11 +12,9 @@ Adding an explainer is one new module that subclasses :class:`Explainer`, decora
 from __future__ import annotations
 
 import abc
-from typing import Callable
-
 import torch
 
-from rationality.errors import ConfigError
+from rationality._registry import Registry
 
 
 class Explainer(abc.ABC):
@@ -29,32 +27,14 @@ class Explainer(abc.ABC):
         """Heatmaps [B, L, T - 1] for start layers 0..L-1 from L tensors [B, heads, T, T] each."""
 
 
-_EXPLAINERS: dict[str, type[Explainer]] = {}
+_EXPLAINERS: Registry[type[Explainer]] = Registry("explainer", "rationality.explain._explainers", "name")
 
-
-def register_explainer(name: str) -> Callable[[type[Explainer]], type[Explainer]]:
-    """Class decorator: make an explainer available as ``<name>`` in configs and stores."""
-
-    def decorate(cls: type[Explainer]) -> type[Explainer]:
-        if name in _EXPLAINERS:
-            raise ValueError(f"explainer {name!r} is registered twice")
-        cls.name = name
-        _EXPLAINERS[name] = cls
-        return cls
-
-    return decorate
-
-
-def list_explainers() -> list[str]:
-    """Names of the registered explainers."""
-    import rationality.explain._explainers  # noqa: F401  (registers the built-in explainers)
-
-    return sorted(_EXPLAINERS)
+#: Class decorator: make an explainer available as ``<name>`` in configs and stores.
+register_explainer = _EXPLAINERS.register
+#: Names of the registered explainers.
+list_explainers = _EXPLAINERS.names
 
 
 def create_explainer(name: str) -> Explainer:
     """The explainer registered as ``name``. Raises ConfigError listing the known names."""
-    known = list_explainers()
-    if name not in _EXPLAINERS:
-        raise ConfigError(f"unknown explainer {name!r}; known explainers: {', '.join(known)}")
-    return _EXPLAINERS[name]()
+    return _EXPLAINERS.get(name)()

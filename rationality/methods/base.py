@@ -14,8 +14,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
+from rationality._registry import Registry
 from rationality.data.loader import ImageDataset
 from rationality.errors import ConfigError
 from rationality.models.base import VisionLanguageAdapter
@@ -45,27 +46,12 @@ class AdaptationMethod(abc.ABC):
         return {"kind": self.kind, **dataclasses.asdict(self)}
 
 
-_METHODS: dict[str, type[AdaptationMethod]] = {}
+_METHODS: Registry[type[AdaptationMethod]] = Registry("adaptation method", "rationality.methods._methods", "kind")
 
-
-def register_method(kind: str) -> Callable[[type[AdaptationMethod]], type[AdaptationMethod]]:
-    """Class decorator: make a method available to configs as ``kind: <kind>``."""
-
-    def decorate(cls: type[AdaptationMethod]) -> type[AdaptationMethod]:
-        if kind in _METHODS:
-            raise ValueError(f"adaptation method {kind!r} is registered twice")
-        cls.kind = kind
-        _METHODS[kind] = cls
-        return cls
-
-    return decorate
-
-
-def list_methods() -> list[str]:
-    """Kinds of the registered adaptation methods."""
-    import rationality.methods._methods  # noqa: F401  (registers the built-in methods)
-
-    return sorted(_METHODS)
+#: Class decorator: make a method available to configs as ``kind: <kind>``.
+register_method = _METHODS.register
+#: Kinds of the registered adaptation methods.
+list_methods = _METHODS.names
 
 
 def create_method(spec: dict[str, Any]) -> AdaptationMethod:
@@ -74,12 +60,9 @@ def create_method(spec: dict[str, Any]) -> AdaptationMethod:
     Raises:
         ConfigError: unknown kind (listing the known ones) or unknown hyper-parameter.
     """
-    known = list_methods()
     options = dict(spec)
     kind = options.pop("kind", None)
-    if kind not in _METHODS:
-        raise ConfigError(f"unknown adaptation method {kind!r}; known methods: {', '.join(known)}")
-    cls = _METHODS[kind]
+    cls = _METHODS.get(kind)
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     unknown = set(options) - set(types)
     if unknown:

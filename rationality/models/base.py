@@ -14,11 +14,12 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from rationality._registry import Registry
 from rationality.data.geometry import Geometry
 from rationality.errors import ConfigError
 
@@ -118,26 +119,12 @@ class VisionLanguageAdapter(nn.Module, abc.ABC):
         """
 
 
-_ADAPTERS: dict[str, type[VisionLanguageAdapter]] = {}
+_ADAPTERS: Registry[type[VisionLanguageAdapter]] = Registry("model adapter", "rationality.models._adapters")
 
-
-def register_adapter(name: str) -> Callable[[type[VisionLanguageAdapter]], type[VisionLanguageAdapter]]:
-    """Class decorator: make an adapter available to configs as ``adapter: <name>``."""
-
-    def decorate(cls: type[VisionLanguageAdapter]) -> type[VisionLanguageAdapter]:
-        if name in _ADAPTERS:
-            raise ValueError(f"model adapter {name!r} is registered twice")
-        _ADAPTERS[name] = cls
-        return cls
-
-    return decorate
-
-
-def list_adapters() -> list[str]:
-    """Names of the registered model adapters."""
-    import rationality.models._adapters  # noqa: F401  (registers the built-in adapters)
-
-    return sorted(_ADAPTERS)
+#: Class decorator: make an adapter available to configs as ``adapter: <name>``.
+register_adapter = _ADAPTERS.register
+#: Names of the registered model adapters.
+list_adapters = _ADAPTERS.names
 
 
 def create_adapter(spec: ModelSpec | dict[str, Any]) -> VisionLanguageAdapter:
@@ -148,10 +135,7 @@ def create_adapter(spec: ModelSpec | dict[str, Any]) -> VisionLanguageAdapter:
     """
     if isinstance(spec, dict):
         spec = ModelSpec.from_dict(spec)
-    known = list_adapters()
-    if spec.adapter not in _ADAPTERS:
-        raise ConfigError(f"unknown model adapter {spec.adapter!r}; known adapters: {', '.join(known)}")
-    adapter = _ADAPTERS[spec.adapter](spec).eval()
+    adapter = _ADAPTERS.get(spec.adapter)(spec).eval()
     if spec.input_size is not None and adapter.geometry.crop != spec.input_size:
         raise ConfigError(f"model {spec.name!r} takes {adapter.geometry.crop} px inputs but the config says "
                           f"input_size: {spec.input_size}")
