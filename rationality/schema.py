@@ -59,7 +59,6 @@ CORRECT = "correct"
 ATTR_KIND = "rationality_store"
 ATTR_SCHEMA_VERSION = "schema_version"
 ATTR_PACKAGE_VERSION = "package_version"
-ATTR_CREATED = "created_utc"
 ATTR_MODEL = "model"
 ATTR_DATASET = "dataset"
 ATTR_SPLIT = "split"
@@ -130,7 +129,8 @@ STORE_ATTRS: dict[StoreKind, tuple[str, ...]] = {
         ATTR_GEOMETRY, ATTR_SCORING, ATTR_CACHE_PATH, ATTR_MASKS_PATH,
     ),
 }
-COMMON_ATTRS = (ATTR_KIND, ATTR_SCHEMA_VERSION, ATTR_PACKAGE_VERSION, ATTR_CREATED)
+# No creation time: the same inputs give byte-identical stores (Snakemake's logs record when).
+COMMON_ATTRS = (ATTR_KIND, ATTR_SCHEMA_VERSION, ATTR_PACKAGE_VERSION)
 
 
 def provenance(kind: StoreKind, **attrs: Any) -> dict[str, Any]:
@@ -139,8 +139,6 @@ def provenance(kind: StoreKind, **attrs: Any) -> dict[str, Any]:
     Raises:
         ValueError: if an attribute the kind requires is missing (a programming error).
     """
-    from datetime import datetime, timezone
-
     from rationality import __version__
 
     missing = [key for key in STORE_ATTRS[kind] if key not in attrs]
@@ -152,7 +150,6 @@ def provenance(kind: StoreKind, **attrs: Any) -> dict[str, Any]:
         ATTR_KIND: kind.value,
         ATTR_SCHEMA_VERSION: SCHEMA_VERSION,
         ATTR_PACKAGE_VERSION: __version__,
-        ATTR_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **encoded,
     }
 

@@ -81,24 +81,32 @@ class MaskProjector:
         object.__setattr__(self, "_u_x", bilinear_matrix(self.frame[1], self.grid[1]))
 
     def project(self, masks: np.ndarray) -> np.ndarray:
-        """U_yᵀ M U_x for masks [n, Y, X] (bool or float): [n, gy, gx] float64."""
-        return np.einsum("ya,nyx,xb->nab", self._u_y, masks.astype(np.float64), self._u_x, optimize=True)
+        """U_yᵀ M U_x for masks [n, Y, X] (bool or float): [n, gy, gx] float64.
+
+        Computed in float32 (two matrix products; exact for 0/1 masks up to float32 rounding of
+        sums of at most Y·X terms), returned as float64.
+        """
+        u_y, u_x = self._u_y.astype(np.float32), self._u_x.astype(np.float32)
+        return np.matmul(u_y.T, np.matmul(masks.astype(np.float32), u_x)).astype(np.float64)
 
     @property
     def ones(self) -> np.ndarray:
         """U_yᵀ 1 U_x [gy, gx]: each grid cell's weight in sum(up(H))."""
         return np.outer(self._u_y.sum(axis=0), self._u_x.sum(axis=0))
 
-    def upsampled_min(self, heatmaps: np.ndarray) -> np.ndarray:
-        """min over the Y x X pixels of up(H) for heatmaps [..., gy, gx]: [...]."""
+    def extreme_candidates(self, heatmaps: np.ndarray) -> np.ndarray:
+        """up(H) on the pixels that can hold its minimum or maximum: [..., cy, cx] for [..., gy, gx]."""
         u_y = self._u_y[extreme_candidates(self.frame[0], self.grid[0])]
         u_x = self._u_x[extreme_candidates(self.frame[1], self.grid[1])]
-        candidates = np.einsum("ya,...ab,xb->...yx", u_y, heatmaps, u_x, optimize=True)
-        return candidates.min(axis=(-2, -1))
+        return np.matmul(u_y, np.matmul(np.asarray(heatmaps, dtype=np.float64), u_x.T))
+
+    def upsampled_min(self, heatmaps: np.ndarray) -> np.ndarray:
+        """min over the Y x X pixels of up(H) for heatmaps [..., gy, gx]: [...]."""
+        return self.extreme_candidates(heatmaps).min(axis=(-2, -1))
 
     def upsampled_max(self, heatmaps: np.ndarray) -> np.ndarray:
         """max over the Y x X pixels of up(H); see :meth:`upsampled_min`."""
-        return -self.upsampled_min(-heatmaps)
+        return self.extreme_candidates(heatmaps).max(axis=(-2, -1))
 
 
 def relevance_mass_accuracy(
@@ -121,16 +129,18 @@ def relevance_mass_accuracy(
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     h = np.asarray(heatmaps, dtype=np.float64)
-    extra_dims = h.ndim - 3
-    expand = (slice(None),) + (None,) * extra_dims
+    n, grid_cells = h.shape[0], h.shape[-2] * h.shape[-1]
     finite = np.isfinite(h).all(axis=(-2, -1))
     h = np.where(finite[..., None, None], h, 0.0)
-    inside = np.einsum("n...ab,nab->n...", h, projected_masks)
-    total = np.einsum("...ab,ab->...", h, projector.ones)
+    flat = h.reshape(n, -1, grid_cells)  # [n, K, gy*gx], K = product of the middle dims
+    inside = np.matmul(flat, projected_masks.reshape(n, grid_cells, 1))[..., 0].reshape(h.shape[:-2])
+    total = (flat @ projector.ones.reshape(grid_cells)).reshape(h.shape[:-2])
+    expand = (slice(None),) + (None,) * (h.ndim - 3)
     area = np.broadcast_to(np.asarray(mask_areas, dtype=np.float64)[expand], inside.shape)
     if normalization == "minmax":
-        low = projector.upsampled_min(h)
-        degenerate = projector.upsampled_max(h) - low <= 1e-12 * np.maximum(np.abs(low), 1e-30)
+        candidates = projector.extreme_candidates(h)
+        low, high = candidates.min(axis=(-2, -1)), candidates.max(axis=(-2, -1))
+        degenerate = high - low <= 1e-12 * np.maximum(np.abs(low), 1e-30)
         inside = inside - low * area
         total = total - low * (projector.frame[0] * projector.frame[1])
     else:
