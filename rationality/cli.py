@@ -8,6 +8,7 @@ validated against the same schema. Bad inputs end with a one-line error naming t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -84,7 +85,8 @@ def _cmd_infer(args: argparse.Namespace) -> None:
 def _cmd_score(args: argparse.Namespace) -> None:
     from rationality.scoring.score import ScoringOptions, score_stores
 
-    path = score_stores(args.cache, args.masks, args.out, ScoringOptions(normalization=args.normalization))
+    path = score_stores(args.cache, args.masks, args.out, ScoringOptions(normalization=args.normalization),
+                        dask_address=args.dask_address)
     print(f"wrote {path}")
 
 
@@ -169,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--cache", required=True)
     score.add_argument("--masks", required=True)
     score.add_argument("--normalization", choices=NORMALIZATIONS, default="minmax")
+    score.add_argument("--dask-address", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+                       help="compute on this Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else locally)")
     score.add_argument("--out", required=True, help="scores store (.zarr) to write")
     score.set_defaults(run=_cmd_score)
 

@@ -16,6 +16,8 @@ from rationality.train import train_checkpoint
 
 RATIONALITY = Path(sys.executable).with_name("rationality")
 
+pytestmark = pytest.mark.slow  # runs the CLI in subprocesses
+
 
 def store_bytes(store: Path) -> dict[str, bytes]:
     """Every file of a store by relative path (Snakemake's timestamp file excluded)."""

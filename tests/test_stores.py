@@ -394,3 +394,21 @@ def test_table_refuses_mixed_scoring_options(tmp_path: Path) -> None:
 def test_table_of_a_missing_store(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=re.escape(str(tmp_path / "absent.zarr"))):
         rationality_table([tmp_path / "absent.zarr"])
+
+
+def test_scoring_on_a_distributed_cluster_matches_local(tmp_path: Path) -> None:
+    """The scorer attaches to a running Dask scheduler by address (here a local cluster of processes)."""
+    from distributed import LocalCluster
+
+    from rationality.scoring.score import ScoringOptions, score_stores
+    from rationality.store import write_dataset
+
+    cache, masks = write_dataset(schema.mock_cache(n_samples=40), tmp_path / "cache.zarr"), write_dataset(
+        schema.mock_masks(n_samples=40), tmp_path / "masks.zarr")
+    local = score_stores(cache, masks, tmp_path / "local.zarr", ScoringOptions(), progress=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        remote = score_stores(cache, masks, tmp_path / "remote.zarr", ScoringOptions(),
+                              dask_address=cluster.scheduler_address)
+    local_scores = schema.open_store(str(local), schema.StoreKind.SCORES).load()
+    remote_scores = schema.open_store(str(remote), schema.StoreKind.SCORES).load()
+    xr.testing.assert_identical(local_scores.drop_attrs(), remote_scores.drop_attrs())

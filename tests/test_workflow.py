@@ -109,3 +109,34 @@ def test_rescore_from_the_cli_matches_the_table(finished_demo: Path) -> None:
     workflow = pd.read_csv(finished_demo / "results" / "tables" / "pt_ir.csv").sort_values(
         ["method", "explainer", "start_layer_policy"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(ours, workflow)
+
+
+def test_demo_through_the_generic_cluster_executor(tmp_path: Path) -> None:
+    """Every job is submitted as its own process (profiles/local-cluster) and the demo still completes."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config()))
+    result = snakemake(tmp_path, "results/tables/pt_ir.csv", "--profile", str(REPO / "profiles" / "local-cluster"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    submitted = re.findall(r"with external jobid '(\d+)'", result.stdout + result.stderr)
+    assert len(set(submitted)) == 13  # every job of the demo, each its own process
+    table = pd.read_csv(tmp_path / "results" / "tables" / "pt_ir.csv")
+    assert set(table["method"]) == {"zs", "lp", "ft"} and (table["n"] == 12).all()
+
+
+def test_local_runs_schedule_one_gpu_job_at_a_time(finished_demo: Path) -> None:
+    """The default workflow profile caps the `gpu` resource at 1: GPU jobs never overlap, even with free cores."""
+    config = tiny_config()
+    config["resources"]["gpu"] = 1
+    (finished_demo / "config-gpu.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(finished_demo, "results/tables/pt_ir.csv", "--forcerun", "infer", configfile="config-gpu.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    events = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    jobid: (\d+)|^Finished jobid: (\d+)", output,
+                        flags=re.MULTILINE)
+    running, most, started = set(), 0, 0
+    for rule, jobid, finished in events:
+        if rule == "infer":
+            running.add(jobid)
+            started += 1
+        running.discard(finished)
+        most = max(most, len(running))
+    assert started == 3 and most == 1

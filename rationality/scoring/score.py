@@ -9,6 +9,7 @@ scored with a dot product (see :mod:`rationality.scoring.rma`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -116,15 +117,24 @@ def score_dataset(cache: xr.Dataset, masks: xr.Dataset, options: ScoringOptions,
 
 
 def score_stores(cache_path: str | Path, masks_path: str | Path, out_path: str | Path,
-                 options: ScoringOptions, progress: bool = True) -> Path:
-    """Score a cache store against a mask store and write the scores store crash-safely."""
+                 options: ScoringOptions, progress: bool = True, dask_address: str | None = None) -> Path:
+    """Score a cache store against a mask store and write the scores store crash-safely.
+
+    Args:
+        dask_address: a running Dask scheduler (``tcp://host:8786``) to compute on; its workers must
+            see the same paths. None computes here with Dask's threaded scheduler.
+    """
     cache = schema.open_store(str(cache_path), schema.StoreKind.CACHE)
     masks = schema.open_store(str(masks_path), schema.StoreKind.MASKS)
     scores = score_dataset(cache, masks, options, str(cache_path), str(masks_path))
-    if progress:
-        with ProgressBar():
-            return write_dataset(scores, out_path)
-    return write_dataset(scores, out_path)
+    with contextlib.ExitStack() as context:
+        if dask_address:
+            from distributed import Client
+
+            context.enter_context(Client(dask_address))
+        elif progress:
+            context.enter_context(ProgressBar())
+        return write_dataset(scores, out_path)
 
 
 def scoring_options_of(scores: xr.Dataset) -> dict:
