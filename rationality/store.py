@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from rationality import schema
 from rationality.schema import SAMPLE
 
 PARTIAL_SUFFIX = ".partial"
@@ -46,17 +47,18 @@ def _publish(partial: Path, path: Path) -> None:
     partial.with_name(partial.name + PROGRESS_SUFFIX).unlink(missing_ok=True)
 
 
-def write_dataset(ds: xr.Dataset, path: str | Path, encoding: Mapping | None = None) -> Path:
+def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
     """Write a whole (possibly Dask-backed) dataset crash-safely; returns the final path.
 
-    Dask arrays are computed chunk by chunk as they are written, under whatever scheduler is active.
+    Dask arrays are computed chunk by chunk as they are written, under whatever scheduler is active;
+    Zarr chunks follow the Dask chunks. Arrays are compressed as :func:`schema.encoding` says.
     """
     path = Path(path)
     partial = partial_path(path)
     if partial.exists():
         shutil.rmtree(partial)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_zarr(partial, mode="w", consolidated=False, encoding=dict(encoding or {}))
+    ds.to_zarr(partial, mode="w", consolidated=False, encoding=schema.encoding(ds))
     _publish(partial, path)
     return path
 
@@ -97,11 +99,7 @@ class BatchedStoreWriter:
             shutil.rmtree(self.partial)
         self._progress().unlink(missing_ok=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        encoding = {
-            name: {"chunks": tuple(self.batch_size if dim == SAMPLE else size
-                                   for dim, size in zip(template[name].dims, template[name].shape))}
-            for name in self._sample_arrays
-        }
+        encoding = schema.encoding(template, chunks={schema.SAMPLE: self.batch_size})
         template.to_zarr(self.partial, mode="w", compute=False, consolidated=False, encoding=encoding)
         self._save_progress(set())
         return set()
