@@ -82,6 +82,12 @@ def _cmd_infer(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _cmd_project_masks(args: argparse.Namespace) -> None:
+    from rationality.scoring.project import parse_grid, project_mask_store
+
+    print(f"wrote {project_mask_store(args.masks, parse_grid(args.grid), args.out)}")
+
+
 def _cmd_score(args: argparse.Namespace) -> None:
     from rationality.scoring.score import ScoringOptions, score_stores
 
@@ -167,9 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--out", required=True, help="cache store (.zarr) to write")
     infer.set_defaults(run=_cmd_infer)
 
+    project = commands.add_parser("project-masks", help="project a mask store onto a token grid for fast scoring")
+    project.add_argument("--masks", required=True, help="mask store (.zarr)")
+    project.add_argument("--grid", required=True, help="token grid, e.g. 14x14")
+    project.add_argument("--out", required=True, help="projections store (.zarr) to write")
+    project.set_defaults(run=_cmd_project_masks)
+
     score = commands.add_parser("score", help="per-sample RMA of a cache store against a mask store")
     score.add_argument("--cache", required=True)
-    score.add_argument("--masks", required=True)
+    score.add_argument("--masks", required=True, help="mask store, or projections store for the cache's grid")
     score.add_argument("--normalization", choices=NORMALIZATIONS, default="minmax")
     score.add_argument("--dask-address", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
                        help="compute on this Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else locally)")

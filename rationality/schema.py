@@ -1,6 +1,6 @@
 """The one place that names the dimensions, arrays and attributes of every Zarr store.
 
-Three kinds of store, each opened by ``xarray.open_zarr`` with named dimensions and string
+Four kinds of store, each opened by ``xarray.open_zarr`` with named dimensions and string
 sample ids as the ``sample`` coordinate:
 
 * **cache** (GPU stage, ``results/cache/{model}/{dataset}/{method}.zarr``)
@@ -11,6 +11,11 @@ sample ids as the ``sample`` coordinate:
 * **masks** (``results/masks/{dataset}/{split}-{geometry}.zarr``)
     - ``mask``    (sample, y, x)                               bool, model-input frame
     - ``label``   (sample,)                                    int32
+* **projections** (``results/masks/{dataset}/{split}-{geometry}-grid{gy}x{gx}.zarr``): the masks
+  projected onto a token grid for exact RMA on the grid (see :mod:`rationality.scoring.rma`)
+    - ``mask_projection`` (sample, gy, gx)                   float32, U_yᵀ M U_x
+    - ``mask_area``       (sample,)                          int32, object pixels
+    - ``label``           (sample,)                          int32
 * **scores** (CPU stage, ``results/scores/{model}/{dataset}/{method}.zarr``)
     - ``rma``       (sample, explainer, start_layer)           float32, NaN where undefined
     - ``edge_case`` (sample, explainer, start_layer)           int8, an :class:`EdgeCase`
@@ -51,6 +56,8 @@ LOGITS = "logits"
 LABEL = "label"
 HEATMAP = "heatmap"
 MASK = "mask"
+MASK_PROJECTION = "mask_projection"
+MASK_AREA = "mask_area"
 RMA = "rma"
 EDGE_CASE = "edge_case"
 PREDICTION = "prediction"
@@ -79,13 +86,15 @@ ATTR_CONFIG = "config"
 ATTR_SCORING = "scoring"
 ATTR_CACHE_PATH = "cache_path"
 ATTR_MASKS_PATH = "masks_path"
+ATTR_GRID = "grid"
 
 
 class StoreKind(str, enum.Enum):
-    """Which of the three stores a Zarr group is."""
+    """Which of the four stores a Zarr group is."""
 
     CACHE = "cache"
     MASKS = "masks"
+    PROJECTIONS = "projections"
     SCORES = "scores"
 
 
@@ -116,6 +125,11 @@ STORE_ARRAYS: dict[StoreKind, dict[str, ArraySpec]] = {
         MASK: ArraySpec((SAMPLE, PIXEL_Y, PIXEL_X), "bool"),
         LABEL: ArraySpec((SAMPLE,), "int32"),
     },
+    StoreKind.PROJECTIONS: {
+        MASK_PROJECTION: ArraySpec((SAMPLE, GRID_Y, GRID_X), "float32"),
+        MASK_AREA: ArraySpec((SAMPLE,), "int32"),
+        LABEL: ArraySpec((SAMPLE,), "int32"),
+    },
     StoreKind.SCORES: {
         RMA: ArraySpec((SAMPLE, EXPLAINER, START_LAYER), "float32"),
         EDGE_CASE: ArraySpec((SAMPLE, EXPLAINER, START_LAYER), "int8"),
@@ -131,6 +145,7 @@ STORE_ATTRS: dict[StoreKind, tuple[str, ...]] = {
         ATTR_GEOMETRY, ATTR_NORMALIZATION, ATTR_CHECKPOINT_SHA256, ATTR_CONFIG,
     ),
     StoreKind.MASKS: (ATTR_DATASET, ATTR_SPLIT, ATTR_GEOMETRY, ATTR_CONFIG),
+    StoreKind.PROJECTIONS: (ATTR_DATASET, ATTR_SPLIT, ATTR_GEOMETRY, ATTR_GRID, ATTR_MASKS_PATH),
     StoreKind.SCORES: (
         ATTR_MODEL, ATTR_DATASET, ATTR_SPLIT, ATTR_METHOD, ATTR_METHOD_KIND, ATTR_PAPER_START_LAYER,
         ATTR_GEOMETRY, ATTR_SCORING, ATTR_CACHE_PATH, ATTR_MASKS_PATH,
@@ -206,8 +221,8 @@ def validate(ds: xr.Dataset, kind: StoreKind, source: str = "<dataset>") -> xr.D
     return ds
 
 
-def open_store(path: str, kind: StoreKind) -> xr.Dataset:
-    """Open a finished store lazily (Dask-backed) and validate it.
+def open_store(path: str, kind: StoreKind | tuple[StoreKind, ...]) -> xr.Dataset:
+    """Open a finished store lazily (Dask-backed) and validate it as ``kind`` (or one of several kinds).
 
     Raises:
         StoreError: if ``path`` does not exist, is still being written, or fails :func:`validate`.
@@ -225,7 +240,9 @@ def open_store(path: str, kind: StoreKind) -> xr.Dataset:
         ds = xr.open_zarr(store_path, consolidated=True)  # written last: a store without it is unfinished
     except Exception as exc:  # zarr raises many kinds; the user needs the path and the cause
         raise StoreError(f"{path}: cannot be opened as a Zarr store ({exc})") from exc
-    return validate(ds, kind, source=str(path))
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    found = next((k for k in kinds if ds.attrs.get(ATTR_KIND) == k.value), kinds[0])
+    return validate(ds, found, source=str(path))
 
 
 def sample_ids(ids: Any) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 #: The project's tiny open_clip ViT: random init (seeded), 64 px input, 8 x 8 grid, 4 blocks, 4 heads.
-TINY_MODEL: dict[str, Any] = {"adapter": "open_clip", "name": "rationality-tiny-vit", "input_size": 64}
+TINY_MODEL: dict[str, Any] = {"adapter": "open_clip", "name": "rationality-tiny-vit", "input_size": 64, "patch_size": 8}
 #: Images per class of each split of the shared synthetic dataset (4 classes).
 SYNTHETIC_COUNTS = {"train": 4, "test": 3}
 SYNTHETIC_SIZE = (48, 40)

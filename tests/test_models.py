@@ -66,6 +66,11 @@ def test_unknown_weights(tiny_model_spec: dict, tmp_path: Path) -> None:
             create_adapter({**tiny_model_spec, "pretrained": pretrained})
 
 
+def test_patch_size_mismatch(tiny_model_spec: dict) -> None:
+    with pytest.raises(ConfigError, match="8x8 token grid.*patch_size: 16"):
+        create_adapter({**tiny_model_spec, "patch_size": 16})
+
+
 def test_input_size_mismatch(tiny_model_spec: dict) -> None:
     with pytest.raises(ConfigError, match="64 px") as caught:
         create_adapter({**tiny_model_spec, "input_size": 224})

@@ -231,7 +231,7 @@ def test_cli_score_succeeds(cache_store: Path, mask_store: Path, tmp_path: Path,
 
 
 def test_cli_unknown_model(synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    _fails(["train", "--model", "{adapter: open_clip, name: no-such-vit, input_size: 64}",
+    _fails(["train", "--model", "{adapter: open_clip, name: no-such-vit, input_size: 64, patch_size: 8}",
             "--method", "{kind: zero_shot}", *_dataset_args(synthetic_root, "train"), "--out", str(tmp_path / "ckpt")],
            capsys, "no-such-vit")
     assert not (tmp_path / "ckpt" / "checkpoint.pt").exists()
@@ -239,7 +239,7 @@ def test_cli_unknown_model(synthetic_root: Path, tmp_path: Path, capsys: pytest.
 
 def test_cli_invalid_spec_key(synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as caught:
-        main(["train", "--model", "{adapter: open_clip, name: x, input_size: 64, bogus: 1}",
+        main(["train", "--model", "{adapter: open_clip, name: x, input_size: 64, patch_size: 8, bogus: 1}",
               "--method", "{kind: zero_shot}", *_dataset_args(synthetic_root, "train"), "--out", str(tmp_path)])
     assert caught.value.code == 2
     err = capsys.readouterr().err
@@ -249,7 +249,7 @@ def test_cli_invalid_spec_key(synthetic_root: Path, tmp_path: Path, capsys: pyte
 def test_load_config_unknown_key(tmp_path: Path) -> None:
     config = {
         "datasets": {"synth": {"reader": "synthetic", "root": "data/synth"}},
-        "models": {"tiny": {"adapter": "open_clip", "name": "rationality-tiny-vit", "input_size": 64}},
+        "models": {"tiny": {"adapter": "open_clip", "name": "rationality-tiny-vit", "input_size": 64, "patch_size": 8}},
         "methods": {"zs": {"kind": "zero_shot"}},
         "runs": {"models": ["tiny"], "datasets": ["synth"], "methods": ["zs"]},
     }

@@ -412,3 +412,27 @@ def test_scoring_on_a_distributed_cluster_matches_local(tmp_path: Path) -> None:
     local_scores = schema.open_store(str(local), schema.StoreKind.SCORES).load()
     remote_scores = schema.open_store(str(remote), schema.StoreKind.SCORES).load()
     xr.testing.assert_identical(local_scores.drop_attrs(), remote_scores.drop_attrs())
+
+
+def test_scoring_from_projections_equals_scoring_from_masks(tmp_path: Path) -> None:
+    """Projecting the masks once per grid changes nothing but speed; a projection for another grid is refused."""
+    from rationality.scoring.project import project_mask_store
+    from rationality.scoring.score import ScoringOptions, score_stores
+    from rationality.store import write_dataset
+
+    cache = write_dataset(schema.mock_cache(n_samples=30, grid=(4, 4)), tmp_path / "cache.zarr")
+    masks = write_dataset(schema.mock_masks(n_samples=30, size=(16, 16)), tmp_path / "masks.zarr")
+    projections = project_mask_store(masks, (4, 4), tmp_path / "projections.zarr", progress=False)
+    stored = schema.open_store(str(projections), schema.StoreKind.PROJECTIONS)
+    assert stored[schema.MASK_AREA].values.tolist() == [64] * 30  # mock masks: one 8 x 8 rectangle each
+    for normalization in ("minmax", "none"):
+        options = ScoringOptions(normalization=normalization)
+        direct = score_stores(cache, masks, tmp_path / f"direct-{normalization}.zarr", options, progress=False)
+        projected = score_stores(cache, projections, tmp_path / f"projected-{normalization}.zarr", options,
+                                 progress=False)
+        direct_rma = schema.open_store(str(direct), schema.StoreKind.SCORES)[schema.RMA].values
+        projected_rma = schema.open_store(str(projected), schema.StoreKind.SCORES)[schema.RMA].values
+        np.testing.assert_allclose(projected_rma, direct_rma, atol=1e-6)
+    other_grid = project_mask_store(masks, (2, 2), tmp_path / "projections-2x2.zarr", progress=False)
+    with pytest.raises(StoreError, match=r"projected onto grid \[2, 2\].*\[4, 4\] heatmaps"):
+        score_stores(cache, other_grid, tmp_path / "refused.zarr", ScoringOptions(), progress=False)

@@ -69,7 +69,8 @@ def test_demo_produces_the_table(finished_demo: Path) -> None:
     paper = table[table["start_layer_policy"] == "paper"].groupby("method")["start_layer"].agg(set)
     assert paper.to_dict() == {"zs": {3}, "lp": {0}, "ft": {0}}  # tiny model: 4 blocks
     for kind, suffix in (("logs", ".log"), ("benchmarks", ".tsv")):
-        jobs = ["synthetic_data/demo", "pretrain/tiny-vit", "masks/demo/test-r64c64", "tables/pt_ir"] + [
+        jobs = ["synthetic_data/demo", "pretrain/tiny-vit", "masks/demo/test-r64c64",
+                "project_masks/demo/test-r64c64-grid8x8", "tables/pt_ir"] + [
             f"{rule}/tiny-vit/demo/{method}" for rule in ("train", "infer", "score") for method in ("zs", "lp", "ft")]
         missing = [job for job in jobs if not (finished_demo / "results" / kind / f"{job}{suffix}").is_file()]
         assert not missing, f"no {kind} for {missing}"
@@ -117,7 +118,7 @@ def test_demo_through_the_generic_cluster_executor(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "results/tables/pt_ir.csv", "--profile", str(REPO / "profiles" / "local-cluster"))
     assert result.returncode == 0, result.stderr[-4000:]
     submitted = re.findall(r"with external jobid '(\d+)'", result.stdout + result.stderr)
-    assert len(set(submitted)) == 13  # every job of the demo, each its own process
+    assert len(set(submitted)) == 14  # every job of the demo, each its own process
     table = pd.read_csv(tmp_path / "results" / "tables" / "pt_ir.csv")
     assert set(table["method"]) == {"zs", "lp", "ft"} and (table["n"] == 12).all()
 

@@ -39,6 +39,8 @@ class ModelSpec:
         seed: initialisation seed when ``pretrained`` is None.
         input_size: the side of the model-input frame the config expects (mask stores are made for
             it before any model is built); checked against the model when given.
+        patch_size: the ViT patch side (the token grid is input_size / patch_size, and mask
+            projections are made for it before any model is built); checked when given.
         image_normalization: ``model`` (the model's own statistics) or ``imagenet`` (what the paper's
             code used for every model). Changes every result.
         options: adapter-specific options.
@@ -49,12 +51,14 @@ class ModelSpec:
     pretrained: str | None = None
     seed: int = 0
     input_size: int | None = None
+    patch_size: int | None = None
     image_normalization: str = "model"
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> "ModelSpec":
-        known = {"adapter", "name", "pretrained", "seed", "input_size", "image_normalization", "options"}
+        known = {"adapter", "name", "pretrained", "seed", "input_size", "patch_size", "image_normalization",
+                 "options"}
         unknown = set(spec) - known
         if unknown:
             raise ConfigError(f"model spec has unknown keys {sorted(unknown)}; known keys: {sorted(known)}")
@@ -64,7 +68,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"adapter": self.adapter, "name": self.name, "pretrained": self.pretrained, "seed": self.seed,
-                "input_size": self.input_size, "image_normalization": self.image_normalization,
+                "input_size": self.input_size, "patch_size": self.patch_size, "image_normalization": self.image_normalization,
                 "options": dict(self.options)}
 
 
@@ -139,4 +143,7 @@ def create_adapter(spec: ModelSpec | dict[str, Any]) -> VisionLanguageAdapter:
     if spec.input_size is not None and adapter.geometry.crop != spec.input_size:
         raise ConfigError(f"model {spec.name!r} takes {adapter.geometry.crop} px inputs but the config says "
                           f"input_size: {spec.input_size}")
+    if spec.patch_size is not None and adapter.grid != (adapter.geometry.crop // spec.patch_size,) * 2:
+        raise ConfigError(f"model {spec.name!r} has a {adapter.grid[0]}x{adapter.grid[1]} token grid, but the config's "
+                          f"patch_size: {spec.patch_size} gives {adapter.geometry.crop // spec.patch_size} per side")
     return adapter

@@ -73,25 +73,47 @@ def align_stores(cache: xr.Dataset, masks: xr.Dataset, cache_path: str, masks_pa
 def _score_block(heatmaps: np.ndarray, masks: np.ndarray, projector: MaskProjector,
                  normalization: Normalization) -> np.ndarray:
     """[n, E, S, gy, gx] heatmaps and [n, Y, X] masks -> [n, E, S, 2] (rma, edge_case) as float64."""
-    rma, edge = relevance_mass_accuracy(
-        heatmaps, projector.project(masks), masks.sum(axis=(1, 2)), projector, normalization)
+    return _score_projected_block(heatmaps, projector.project(masks), masks.sum(axis=(1, 2)), projector,
+                                  normalization)
+
+
+def _score_projected_block(heatmaps: np.ndarray, projections: np.ndarray, areas: np.ndarray,
+                           projector: MaskProjector, normalization: Normalization) -> np.ndarray:
+    """Heatmaps [n, E, S, gy, gx], projected masks [n, gy, gx], areas [n] -> [n, E, S, 2] float64."""
+    rma, edge = relevance_mass_accuracy(heatmaps, projections.astype(np.float64), areas, projector, normalization)
     return np.stack([rma.astype(np.float64), edge.astype(np.float64)], axis=-1)
 
 
 def score_dataset(cache: xr.Dataset, masks: xr.Dataset, options: ScoringOptions,
                   cache_path: str = "<cache>", masks_path: str = "<masks>") -> xr.Dataset:
-    """The (lazy) scores dataset of a cache against its masks; see :mod:`rationality.schema`."""
+    """The (lazy) scores dataset of a cache against its masks; see :mod:`rationality.schema`.
+
+    ``masks`` is a mask store (projected onto the grid chunk by chunk) or a projections store made
+    for the cache's grid (faster: nothing to read but gy·gx numbers per sample).
+    """
     masks = align_stores(cache, masks, cache_path, masks_path)
     heatmaps = cache[schema.HEATMAP].data
     if not isinstance(heatmaps, da.Array):
         heatmaps = da.from_array(heatmaps, chunks=(64, -1, -1, -1, -1))
     heatmaps = heatmaps.rechunk({1: -1, 2: -1, 3: -1, 4: -1})
-    mask_data = da.asarray(masks[schema.MASK].data).rechunk((heatmaps.chunks[0], -1, -1))
-    projector = MaskProjector(frame=mask_data.shape[1:], grid=heatmaps.shape[3:])
-    scored = da.blockwise(
-        _score_block, "nesk", heatmaps, "nesab", mask_data, "nyx", new_axes={"k": 2}, concatenate=True,
-        dtype=np.float64, meta=np.empty((0, 0, 0, 0), dtype=np.float64),
-        projector=projector, normalization=options.normalization)
+    grid = heatmaps.shape[3:]
+    frame = (schema.json_attr(masks, schema.ATTR_GEOMETRY)["crop"],) * 2
+    projector = MaskProjector(frame=frame, grid=grid)
+    common = dict(new_axes={"k": 2}, concatenate=True, dtype=np.float64,
+                  meta=np.empty((0, 0, 0, 0), dtype=np.float64), projector=projector,
+                  normalization=options.normalization)
+    samples = heatmaps.chunks[0]
+    if masks.attrs[schema.ATTR_KIND] == schema.StoreKind.PROJECTIONS.value:
+        if tuple(schema.json_attr(masks, schema.ATTR_GRID)) != tuple(grid):
+            raise StoreError(f"{masks_path} was projected onto grid {masks.attrs[schema.ATTR_GRID]}, "
+                             f"but {cache_path} has {list(grid)} heatmaps")
+        scored = da.blockwise(
+            _score_projected_block, "nesk", heatmaps, "nesab",
+            da.asarray(masks[schema.MASK_PROJECTION].data).rechunk((samples, -1, -1)), "nab",
+            da.asarray(masks[schema.MASK_AREA].data).rechunk((samples,)), "n", **common)
+    else:
+        mask_data = da.asarray(masks[schema.MASK].data).rechunk((samples, -1, -1))
+        scored = da.blockwise(_score_block, "nesk", heatmaps, "nesab", mask_data, "nyx", **common)
     logits = cache[schema.LOGITS].data
     prediction = da.asarray(logits).argmax(axis=1).astype(np.int32)
     labels = cache[schema.LABEL].data
@@ -118,14 +140,14 @@ def score_dataset(cache: xr.Dataset, masks: xr.Dataset, options: ScoringOptions,
 
 def score_stores(cache_path: str | Path, masks_path: str | Path, out_path: str | Path,
                  options: ScoringOptions, progress: bool = True, dask_address: str | None = None) -> Path:
-    """Score a cache store against a mask store and write the scores store crash-safely.
+    """Score a cache store against a mask or projections store and write the scores store crash-safely.
 
     Args:
         dask_address: a running Dask scheduler (``tcp://host:8786``) to compute on; its workers must
             see the same paths. None computes here with Dask's threaded scheduler.
     """
     cache = schema.open_store(str(cache_path), schema.StoreKind.CACHE)
-    masks = schema.open_store(str(masks_path), schema.StoreKind.MASKS)
+    masks = schema.open_store(str(masks_path), (schema.StoreKind.MASKS, schema.StoreKind.PROJECTIONS))
     scores = score_dataset(cache, masks, options, str(cache_path), str(masks_path))
     with contextlib.ExitStack() as context:
         if dask_address:

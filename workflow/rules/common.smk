@@ -27,6 +27,7 @@ wildcard_constraints:
     method=_names("methods"),
     synthetic=_names("synthetic") or "$^",
     geometry=r"r\d+c\d+",
+    grid=r"\d+x\d+",
     split=r"[^/]+",
 
 
@@ -106,9 +107,15 @@ def model_geometry(model):
     return f"r{size}c{size}"
 
 
-def masks_for_cache(wildcards):
+def model_grid(model):
+    side = config["models"][model]["input_size"] // config["models"][model]["patch_size"]
+    return f"{side}x{side}"
+
+
+def projections_for_cache(wildcards):
     dataset = config["datasets"][wildcards.dataset]
-    return f"results/masks/{wildcards.dataset}/{dataset['test_split']}-{model_geometry(wildcards.model)}.zarr"
+    return (f"results/masks/{wildcards.dataset}/{dataset['test_split']}-{model_geometry(wildcards.model)}"
+            f"-grid{model_grid(wildcards.model)}.zarr")
 
 
 def all_scores():

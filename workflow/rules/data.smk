@@ -14,6 +14,10 @@ rule synthetic_data:
         "results/logs/synthetic_data/{synthetic}.log",
     benchmark:
         "results/benchmarks/synthetic_data/{synthetic}.tsv"
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=30,
     shell:
         "rationality synth --spec {params.spec:q} --out results/data/{wildcards.synthetic} > {log:q} 2>&1"
 
@@ -30,6 +34,7 @@ rule masks:
     benchmark:
         "results/benchmarks/masks/{dataset}/{split}-{geometry}.tsv"
     resources:
+        gpu=0,
         mem_mb=4000,
         runtime=60,
     shell:

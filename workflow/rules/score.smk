@@ -1,15 +1,34 @@
 """The CPU stage (no model runs).
 
-score   cache + masks (model-input geometry) -> results/scores/{model}/{dataset}/{method}.zarr:
+project_masks   masks -> results/masks/{dataset}/{split}-{geometry}-grid{grid}.zarr: each mask
+                projected onto the token grid once (scoring then reads gy*gx numbers per sample)
+score   cache + mask projections -> results/scores/{model}/{dataset}/{method}.zarr:
         rma and edge_case (sample, explainer, start_layer), label, prediction, correct (sample).
         Only the scoring options are params: a new threshold never re-runs it.
 """
 
 
+rule project_masks:
+    input:
+        "results/masks/{dataset}/{split}-{geometry}.zarr",
+    output:
+        directory("results/masks/{dataset}/{split}-{geometry}-grid{grid}.zarr"),
+    log:
+        "results/logs/project_masks/{dataset}/{split}-{geometry}-grid{grid}.log",
+    benchmark:
+        "results/benchmarks/project_masks/{dataset}/{split}-{geometry}-grid{grid}.tsv"
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "rationality project-masks --masks {input:q} --grid {wildcards.grid} --out {output:q} > {log:q} 2>&1"
+
+
 rule score:
     input:
         cache="results/cache/{model}/{dataset}/{method}.zarr",
-        masks=masks_for_cache,
+        masks=projections_for_cache,
     output:
         directory("results/scores/{model}/{dataset}/{method}.zarr"),
     params:
@@ -19,6 +38,7 @@ rule score:
     benchmark:
         "results/benchmarks/score/{model}/{dataset}/{method}.tsv"
     resources:
+        gpu=0,
         mem_mb=4000,
         runtime=60,
     shell:

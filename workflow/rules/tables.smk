@@ -19,6 +19,7 @@ rule pt_ir_table:
     benchmark:
         "results/benchmarks/tables/pt_ir.tsv"
     resources:
+        gpu=0,
         mem_mb=2000,
         runtime=10,
     shell:
