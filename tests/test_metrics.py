@@ -19,31 +19,18 @@ CORRECT = np.array([True, True, True, False, False, True, False, True])
 # sample 5 is correct and undefined, sample 6 wrong and undefined.
 
 
-def test_invalid_policy_counts() -> None:
-    m = rationality_metrics(RMA, EDGE, CORRECT, threshold=0.5, undefined="invalid")
-    assert (m.rr, m.rw, m.wr, m.ww) == (3, 2, 1, 2)
-    assert m.pt == pytest.approx(3 / 5)
-    assert m.ir == pytest.approx(3 / 4)
-    assert m.accuracy == pytest.approx(5 / 8)
-    assert (m.n, m.n_undefined, m.n_empty_mask, m.n_excluded) == (8, 2, 1, 0)
-
-
-def test_valid_policy_counts() -> None:
-    m = rationality_metrics(RMA, EDGE, CORRECT, threshold=0.5, undefined="valid")
-    assert (m.rr, m.rw, m.wr, m.ww) == (4, 1, 2, 1)
-    assert m.pt == pytest.approx(4 / 5)
-    assert m.ir == pytest.approx(4 / 6)
-    assert m.accuracy == pytest.approx(5 / 8)
-    assert (m.n, m.n_undefined, m.n_empty_mask, m.n_excluded) == (8, 2, 1, 0)
-
-
-def test_exclude_policy_counts() -> None:
-    m = rationality_metrics(RMA, EDGE, CORRECT, threshold=0.5, undefined="exclude")
-    assert (m.rr, m.rw, m.wr, m.ww) == (3, 1, 1, 1)
-    assert m.pt == pytest.approx(3 / 4)
-    assert m.ir == pytest.approx(3 / 4)
-    assert m.accuracy == pytest.approx(5 / 8)  # accuracy is over every sample
-    assert (m.n, m.n_undefined, m.n_empty_mask, m.n_excluded) == (8, 2, 1, 2)
+@pytest.mark.parametrize(("policy", "quadrants", "pt", "ir", "excluded"), [
+    ("invalid", (3, 2, 1, 2), 3 / 5, 3 / 4, 0),
+    ("valid", (4, 1, 2, 1), 4 / 5, 4 / 6, 0),
+    ("exclude", (3, 1, 1, 1), 3 / 4, 3 / 4, 2),
+])
+def test_undefined_policy_counts(policy: str, quadrants: tuple, pt: float, ir: float, excluded: int) -> None:
+    m = rationality_metrics(RMA, EDGE, CORRECT, threshold=0.5, undefined=policy)
+    assert (m.rr, m.rw, m.wr, m.ww) == quadrants
+    assert m.pt == pytest.approx(pt)
+    assert m.ir == pytest.approx(ir)
+    assert m.accuracy == pytest.approx(5 / 8)  # accuracy is over every sample, whatever the policy
+    assert (m.n, m.n_undefined, m.n_empty_mask, m.n_excluded) == (8, 2, 1, excluded)
 
 
 def test_default_policy_is_invalid_and_threshold_half() -> None:
