@@ -69,6 +69,11 @@ CORRECT = "correct"
 # 7,685 B/sample (zstd 8,418), read 0.24 s (zstd 0.32 s). Smallest stores at similar speed.
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle),)
 
+# Samples per Zarr chunk of a finished store. Writers work in smaller batches (one chunk per batch,
+# so a crash never leaves a half-written chunk) and re-chunk to this size when they publish;
+# the scorer reads and computes in tasks of this many samples.
+SAMPLE_CHUNK = 1024
+
 # Attributes (values are JSON-serialisable; nested ones are stored as JSON text).
 ATTR_KIND = "rationality_store"
 ATTR_SCHEMA_VERSION = "schema_version"

@@ -2,9 +2,10 @@
 
 A store is always written to ``<path>.partial`` and renamed to ``<path>`` only once every array
 is complete, so a killed job never leaves a store that Snakemake or the scorer would take as
-finished. :class:`BatchedStoreWriter` writes batch by batch, records finished batches in a small
-progress file beside the partial store, and resumes from there after a crash when the job's
-fingerprint (its inputs and options) is unchanged.
+finished. :class:`BatchedStoreWriter` writes batch by batch, one Zarr chunk per batch (a crash never
+leaves a half-written chunk of a finished batch), records finished batches in a small progress file
+beside the partial store, resumes from there after a crash when the job's fingerprint (its inputs and
+options) is unchanged, and re-chunks to :data:`schema.SAMPLE_CHUNK` samples when it publishes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rationality.schema import SAMPLE
 
 PARTIAL_SUFFIX = ".partial"
 PROGRESS_SUFFIX = ".progress.json"
+RECHUNK_SUFFIX = ".rechunking"
 
 
 def partial_path(path: Path) -> Path:
@@ -145,5 +147,18 @@ class BatchedStoreWriter:
         """
         if self.pending_batches:
             raise RuntimeError(f"{self.partial}: batches {self.pending_batches} were never written")
-        _publish(self.partial, self.path)
+        if self.batch_size == schema.SAMPLE_CHUNK:
+            _publish(self.partial, self.path)
+            return self.path
+        staging = self.path.with_name(self.path.name + RECHUNK_SUFFIX)
+        if staging.exists():
+            shutil.rmtree(staging)
+        written = xr.open_zarr(self.partial, consolidated=False).chunk({SAMPLE: schema.SAMPLE_CHUNK})
+        for variable in written.variables.values():
+            variable.encoding = {}
+        written.to_zarr(staging, mode="w", consolidated=False,
+                        encoding=schema.encoding(written, chunks={SAMPLE: schema.SAMPLE_CHUNK}))
+        _publish(staging, self.path)
+        shutil.rmtree(self.partial)
+        self._progress().unlink()
         return self.path

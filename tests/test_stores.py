@@ -65,6 +65,20 @@ def test_batched_writer_round_trip(tmp_path: Path) -> None:
     assert stored.attrs == mock.attrs
     xr.testing.assert_identical(stored.load(), mock)
     schema.open_store(str(path), schema.StoreKind.CACHE)  # valid
+    # Written one chunk per batch, published in chunks of SAMPLE_CHUNK samples (here: all 7 in one).
+    assert {stored[name].encoding["chunks"][0] for name in stored.data_vars} == {schema.SAMPLE_CHUNK}
+
+
+def test_batched_writer_publishes_large_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(schema, "SAMPLE_CHUNK", 4)
+    mock = schema.mock_cache(**MOCK)
+    writer = BatchedStoreWriter(tmp_path / "cache.zarr", _template(mock), 2, fingerprint="a")
+    for batch in writer.pending_batches:
+        _write_batch(writer, mock, batch)
+    stored = xr.open_zarr(writer.finish())
+    assert {stored[name].encoding["chunks"][0] for name in stored.data_vars} == {4}
+    xr.testing.assert_identical(stored.load(), mock)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.zarr"]  # partial, progress, staging gone
 
 
 def test_unfinished_store_cannot_be_opened(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def score_dataset(cache: xr.Dataset, masks: xr.Dataset, options: ScoringOptions,
     heatmaps = cache[schema.HEATMAP].data
     if not isinstance(heatmaps, da.Array):
         heatmaps = da.from_array(heatmaps, chunks=(64, -1, -1, -1, -1))
-    heatmaps = heatmaps.rechunk({1: -1, 2: -1, 3: -1, 4: -1})
+    heatmaps = heatmaps.rechunk({0: schema.SAMPLE_CHUNK, 1: -1, 2: -1, 3: -1, 4: -1})
     grid = heatmaps.shape[3:]
     frame = (schema.json_attr(masks, schema.ATTR_GEOMETRY)["crop"],) * 2
     projector = MaskProjector(frame=frame, grid=grid)
