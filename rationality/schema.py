@@ -71,7 +71,10 @@ COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffl
 
 # Samples per Zarr chunk of a finished store. Writers work in smaller batches (one chunk per batch,
 # so a crash never leaves a half-written chunk) and re-chunk to this size when they publish;
-# the scorer reads and computes in tasks of this many samples.
+# the scorer reads and computes in tasks of this many samples. Measured with benchmarks/score.py
+# (20,000 samples, ViT-B/16 geometry, 2 cores), scoring from masks / projecting / scoring from
+# projections took 8.6 / 3.4 / 2.1 s with chunks of 256 samples, 5.8 / 4.5 / 1.9 s with 1,024, and
+# 6.6 / 7.1 / 1.7 s with 4,096; chunks of 32 (the GPU stage's batches) were several times slower.
 SAMPLE_CHUNK = 1024
 
 # Attributes (values are JSON-serialisable; nested ones are stored as JSON text).
