@@ -215,3 +215,42 @@ def test_unknown_explainer() -> None:
     with pytest.raises(ConfigError, match="nope") as caught:
         create_explainer("nope")
     assert all(name in str(caught.value) for name in EXPLAINERS)
+
+
+# --------------------------------------------------------------------------- gradient-free baselines
+
+
+def _random_attention(batch: int, heads: int, tokens: int, layers: int, seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, tokens, tokens, generator=generator, dtype=torch.float64).softmax(-1)
+            for _ in range(layers)]
+
+
+def test_rollout_equals_the_product_of_mixed_attention() -> None:
+    attentions = _random_attention(batch=2, heads=3, tokens=5, layers=4, seed=3)
+    ours = create_explainer("attention_rollout")(attentions, [torch.zeros_like(a) for a in attentions])
+    identity = torch.eye(5, dtype=torch.float64)
+    for start in range(4):
+        product = identity.expand(2, 5, 5)
+        for attention in attentions[start:]:
+            product = (0.5 * attention.mean(dim=1) + 0.5 * identity) @ product
+        torch.testing.assert_close(ours[:, start], product[:, 0, 1:], atol=1e-12, rtol=0)
+        assert torch.allclose(product.sum(-1), torch.ones(2, 5, dtype=torch.float64))  # rows stay stochastic
+
+
+def test_raw_attention_is_the_last_blocks_cls_row_for_every_start_layer() -> None:
+    attentions = _random_attention(batch=2, heads=3, tokens=5, layers=4, seed=4)
+    ours = create_explainer("raw_attention")(attentions, [torch.zeros_like(a) for a in attentions])
+    expected = attentions[-1].mean(dim=1)[:, 0, 1:]
+    for start in range(4):
+        torch.testing.assert_close(ours[:, start], expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", list_explainers())
+def test_every_registered_explainer_is_batch_invariant(classifier: ImageClassifier, name: str) -> None:
+    pixels, labels = _pixels(4, seed=11), [0, 1, 2, 3]
+    _, batched = _explain(classifier, pixels, labels, [name])
+    assert batched.shape == (4, 1, 4, 8, 8) and torch.isfinite(batched).all()
+    for i in range(4):
+        _, single = _explain(classifier, pixels[i:i + 1], labels[i:i + 1], [name])
+        _assert_close(single[0], batched[i])

@@ -1,3 +1,3 @@
 """Imports every built-in explainer so that its registration runs."""
 
-from rationality.explain import attribution  # noqa: F401
+from rationality.explain import attribution, rollout  # noqa: F401
