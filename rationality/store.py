@@ -10,6 +10,7 @@ options) is unchanged, and re-chunks to :data:`schema.SAMPLE_CHUNK` samples when
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from typing import Mapping
 import numpy as np
 import xarray as xr
 import zarr
+from dask.diagnostics import ProgressBar
 
 from rationality import schema
 from rationality.schema import SAMPLE
@@ -49,19 +51,27 @@ def _publish(partial: Path, path: Path) -> None:
     partial.with_name(partial.name + PROGRESS_SUFFIX).unlink(missing_ok=True)
 
 
-def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
+def write_dataset(ds: xr.Dataset, path: str | Path, *, progress: bool = False, staging: Path | None = None,
+                  chunks: Mapping[str, int] | None = None) -> Path:
     """Write a whole (possibly Dask-backed) dataset crash-safely; returns the final path.
 
     Dask arrays are computed chunk by chunk as they are written, under whatever scheduler is active;
-    Zarr chunks follow the Dask chunks. Arrays are compressed as :func:`schema.encoding` says.
+    Zarr chunks follow the Dask chunks unless ``chunks`` (per dimension) says otherwise. Arrays are
+    compressed as :func:`schema.encoding` says.
+
+    Args:
+        progress: show Dask's progress bar.
+        staging: where to write before publishing (default ``<path>.partial``).
+        chunks: Zarr chunk length per dimension (the Dask chunks must align with them).
     """
     path = Path(path)
-    partial = partial_path(path)
-    if partial.exists():
-        shutil.rmtree(partial)
+    staging = staging or partial_path(path)
+    if staging.exists():
+        shutil.rmtree(staging)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_zarr(partial, mode="w", consolidated=False, encoding=schema.encoding(ds))
-    _publish(partial, path)
+    with ProgressBar() if progress else contextlib.nullcontext():
+        ds.to_zarr(staging, mode="w", consolidated=False, encoding=schema.encoding(ds, chunks=chunks))
+    _publish(staging, path)
     return path
 
 
@@ -150,15 +160,11 @@ class BatchedStoreWriter:
         if self.batch_size == schema.SAMPLE_CHUNK:
             _publish(self.partial, self.path)
             return self.path
-        staging = self.path.with_name(self.path.name + RECHUNK_SUFFIX)
-        if staging.exists():
-            shutil.rmtree(staging)
         written = xr.open_zarr(self.partial, consolidated=False).chunk({SAMPLE: schema.SAMPLE_CHUNK})
         for variable in written.variables.values():
-            variable.encoding = {}
-        written.to_zarr(staging, mode="w", consolidated=False,
-                        encoding=schema.encoding(written, chunks={SAMPLE: schema.SAMPLE_CHUNK}))
-        _publish(staging, self.path)
+            variable.encoding = {}  # the batch-sized chunks of the partial store; Dask's chunks rule now
+        write_dataset(written, self.path, staging=self.path.with_name(self.path.name + RECHUNK_SUFFIX),
+                      chunks={SAMPLE: schema.SAMPLE_CHUNK})
         shutil.rmtree(self.partial)
         self._progress().unlink()
         return self.path

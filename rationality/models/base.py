@@ -68,8 +68,8 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"adapter": self.adapter, "name": self.name, "pretrained": self.pretrained, "seed": self.seed,
-                "input_size": self.input_size, "patch_size": self.patch_size, "image_normalization": self.image_normalization,
-                "options": dict(self.options)}
+                "input_size": self.input_size, "patch_size": self.patch_size,
+                "image_normalization": self.image_normalization, "options": dict(self.options)}
 
 
 class VisionLanguageAdapter(nn.Module, abc.ABC):

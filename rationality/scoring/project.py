@@ -11,7 +11,6 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.diagnostics import ProgressBar
 
 from rationality import schema
 from rationality.scoring.rma import MaskProjector
@@ -48,7 +47,4 @@ def project_mask_store(masks_path: str | Path, grid: tuple[int, int], out: str |
         attrs=schema.provenance(
             schema.StoreKind.PROJECTIONS, dataset=masks.attrs[schema.ATTR_DATASET], split=masks.attrs[schema.ATTR_SPLIT],
             geometry=schema.json_attr(masks, schema.ATTR_GEOMETRY), grid=list(grid), masks_path=str(masks_path)))
-    if progress:
-        with ProgressBar():
-            return write_dataset(dataset, out)
-    return write_dataset(dataset, out)
+    return write_dataset(dataset, out, progress=progress)

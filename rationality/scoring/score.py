@@ -9,15 +9,12 @@ scored with a dot product (see :mod:`rationality.scoring.rma`).
 
 from __future__ import annotations
 
-import contextlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.diagnostics import ProgressBar
 
 from rationality import schema
 from rationality.errors import StoreError
@@ -149,16 +146,9 @@ def score_stores(cache_path: str | Path, masks_path: str | Path, out_path: str |
     cache = schema.open_store(str(cache_path), schema.StoreKind.CACHE)
     masks = schema.open_store(str(masks_path), (schema.StoreKind.MASKS, schema.StoreKind.PROJECTIONS))
     scores = score_dataset(cache, masks, options, str(cache_path), str(masks_path))
-    with contextlib.ExitStack() as context:
-        if dask_address:
-            from distributed import Client
+    if dask_address:
+        from distributed import Client
 
-            context.enter_context(Client(dask_address))
-        elif progress:
-            context.enter_context(ProgressBar())
-        return write_dataset(scores, out_path)
-
-
-def scoring_options_of(scores: xr.Dataset) -> dict:
-    """The scoring options a scores store was made with."""
-    return json.loads(scores.attrs[schema.ATTR_SCORING])
+        with Client(dask_address):
+            return write_dataset(scores, out_path)
+    return write_dataset(scores, out_path, progress=progress)
