@@ -10,6 +10,11 @@ import pytest
 #: The project's tiny open_clip ViT: random init (seeded), 64 px input, 8 x 8 grid, 4 blocks, 4 heads.
 TINY_MODEL: dict[str, Any] = {"adapter": "open_clip", "name": "rationality-tiny-vit", "input_size": 64, "patch_size": 8}
 #: Images per class of each split of the shared synthetic dataset (4 classes).
+#: One tiny random-init configuration per registered model adapter; the adapter-contract tests run
+#: on each. Adding an adapter means adding its tiny spec here.
+TINY_ADAPTER_SPECS: dict[str, dict[str, Any]] = {
+    "open_clip": TINY_MODEL,
+}
 SYNTHETIC_COUNTS = {"train": 4, "test": 3}
 SYNTHETIC_SIZE = (48, 40)
 
