@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from rationality.errors import ConfigError, StoreError
 from rationality.methods import create_method, list_methods
 from rationality.models import LinearHead, ModelSpec, create_adapter
 from rationality.models.checkpoint import load_checkpoint, state_sha256
-from rationality.models.openclip import check_quick_gelu
+from rationality.models.openclip import check_quick_gelu, is_torchscript_archive
 from rationality.train import CHECKPOINT_FILE, TRAIN_LOG_FILE, train_checkpoint
 
 # --------------------------------------------------------------------------- QuickGELU (no model is built)
@@ -256,3 +257,58 @@ def test_unknown_kind() -> None:
         create_method({"kind": "prompt_tuning"})
     assert all(kind in str(caught.value) for kind in ("finetune", "linear_probe", "zero_shot"))
     assert set(list_methods()) >= {"finetune", "linear_probe", "zero_shot"}
+
+
+# --------------------------------------------------------------------------- local weights files
+
+
+def _seeded_tiny_clip(seed: int, **options) -> nn.Module:
+    torch.manual_seed(seed)
+    return open_clip.create_model("rationality-tiny-vit", **options).eval()
+
+
+@pytest.fixture(scope="module")
+def openai_style_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A TorchScript archive with fp16 weights, as OpenAI's ``clip`` package ships them, and its state."""
+    model = _seeded_tiny_clip(3, force_quick_gelu=True)
+    traced = torch.jit.trace_module(model, {"encode_image": torch.ones(1, 3, 64, 64)},
+                                    check_trace=False).half()
+    path = tmp_path_factory.mktemp("openai") / "ViT-tiny.pt"
+    torch.jit.save(traced, str(path))
+    return path, traced.state_dict()
+
+
+def test_torchscript_archive_loads_into_fp32_without_rounding(tiny_model_spec: dict, openai_style_archive) -> None:
+    path, archived = openai_style_archive
+    assert is_torchscript_archive(path)
+    adapter = create_adapter({**tiny_model_spec, "pretrained": str(path), "options": {"force_quick_gelu": True}})
+    loaded = adapter.model.state_dict()
+    assert set(loaded) == set(archived) - {"attn_mask"}
+    for key, value in loaded.items():
+        assert value.dtype == torch.float32, key
+        assert torch.equal(value, archived[key].float()), key
+
+
+def test_torchscript_archive_needs_quick_gelu(tiny_model_spec: dict, openai_style_archive) -> None:
+    path, _ = openai_style_archive
+    with pytest.raises(ConfigError, match=re.escape(str(path)) + ".*QuickGELU.*rationality-tiny-vit-quickgelu"):
+        create_adapter({**tiny_model_spec, "pretrained": str(path)})
+
+
+def test_state_dict_file_loads(tiny_model_spec: dict, tmp_path: Path) -> None:
+    model = _seeded_tiny_clip(4)
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    assert not is_torchscript_archive(path)
+    adapter = create_adapter({**tiny_model_spec, "pretrained": str(path)})
+    for key, value in adapter.model.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key
+
+
+def test_weights_of_another_architecture_are_refused(tiny_model_spec: dict, tmp_path: Path) -> None:
+    state = _seeded_tiny_clip(4).state_dict()
+    state["visual.proj"] = torch.zeros(64, 16)  # a different embedding width
+    path = tmp_path / "other.pt"
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match="(?s)" + re.escape(str(path)) + ".*does not fit.*visual.proj"):
+        create_adapter({**tiny_model_spec, "pretrained": str(path)})

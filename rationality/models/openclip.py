@@ -5,7 +5,12 @@ Weights, by ``ModelSpec.pretrained``:
 * an open_clip pretrained tag such as ``openai``: open_clip fetches the file once into its cache
   (the Hugging Face hub cache, ``HF_HOME``; pass ``options: {cache_dir: ...}`` to choose another) and
   reads it from there afterwards; set ``HF_HUB_OFFLINE=1`` on machines without network;
-* a path to a local checkpoint file (a state dict open_clip can load);
+* a path to a local checkpoint file: a state dict open_clip can load (``.pt``/``.bin``/
+  ``.safetensors``, open_clip and third-party key layouts), or one of OpenAI's original TorchScript
+  archives (``ViT-B-32.pt`` from the ``clip`` package), whose weights are read with ``torch.jit.load``
+  (older torch releases refuse them under ``torch.load(weights_only=True)``) and copied into the fp32 model. Such an archive
+  means OpenAI weights, so it needs a ``-quickgelu`` model name. The bits are never rounded to fp16
+  on the way, as OpenAI's ``build_model`` would (DESIGN §6);
 * ``None``: random initialisation seeded by ``ModelSpec.seed`` (tests and the demo).
 
 The project's own architectures (``rationality-tiny-vit``) are open_clip JSON configs in
@@ -20,6 +25,7 @@ fused path returns none, and its averaged weights are detached from the per-head
 from __future__ import annotations
 
 import contextlib
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -58,6 +64,43 @@ def check_quick_gelu(name: str, pretrained: str | None, options: dict) -> None:
             f"open_clip model {name!r} with pretrained={pretrained!r}: the weights were trained with "
             f"{'QuickGELU' if tag_quick_gelu else 'GELU'} but the model uses "
             f"{'QuickGELU' if model_quick_gelu else 'GELU'}; use name {fix!r}")
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """True for a TorchScript zip archive (its entries hold ``code/``), the format of OpenAI's ``.pt`` files."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(entry.split("/", 2)[1:2] == ["code"] for entry in archive.namelist())
+
+
+def load_local_weights(model: nn.Module, path: Path, name: str, options: dict) -> None:
+    """Load a local checkpoint file into the fp32 ``model`` (strict: every key, every shape).
+
+    Raises:
+        ConfigError: naming the file when it is missing, is an OpenAI TorchScript archive loaded into
+            a GELU model, or does not fit the architecture.
+    """
+    if not path.is_file():
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ConfigError(f"pretrained {str(path)!r} is neither an existing weights file nor an open_clip "
+                          f"pretrained tag of {name!r} (tags: {', '.join(tags) or 'none'})")
+    try:
+        if is_torchscript_archive(path):
+            if not ((open_clip.get_model_config(name) or {}).get("quick_gelu") or options.get("force_quick_gelu")):
+                raise ConfigError(
+                    f"{str(path)!r} is an OpenAI TorchScript archive (weights trained with QuickGELU) but model "
+                    f"{name!r} uses GELU; use name {name + '-quickgelu'!r}")
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            # TorchScript saves non-persistent buffers (attn_mask) and OpenAI's metadata scalars too.
+            non_persistent = {key for key, _ in model.named_buffers()} - set(model.state_dict())
+            metadata = {"input_resolution", "context_length", "vocab_size"}
+            state = {key: value for key, value in state.items() if key not in non_persistent | metadata}
+            model.load_state_dict(state, strict=True)  # copies fp16 values into fp32 parameters exactly
+        else:
+            open_clip.load_checkpoint(model, str(path), strict=True)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ConfigError(f"weights file {str(path)!r} does not fit open_clip model {name!r}: {exc}") from exc
 
 
 class _RecordingAttention(nn.Module):
@@ -99,15 +142,19 @@ class OpenClipAdapter(VisionLanguageAdapter):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         check_quick_gelu(spec.name, spec.pretrained, spec.options)
+        local_file = spec.pretrained is not None and not open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
         if spec.pretrained is None:
             torch.manual_seed(spec.seed)
         try:
-            self.model = open_clip.create_model(spec.name, pretrained=spec.pretrained, **spec.options)
+            tag = None if local_file else spec.pretrained
+            self.model = open_clip.create_model(spec.name, pretrained=tag, precision="fp32", **spec.options)
         except RuntimeError as exc:
             if "not found" in str(exc):
                 raise ConfigError(f"unknown open_clip model {spec.name!r}; see open_clip.list_models() "
                                   f"(project configs: rationality-tiny-vit)") from exc
             raise ConfigError(f"open_clip could not build {spec.name!r} with pretrained={spec.pretrained!r}: {exc}") from exc
+        if local_file:
+            load_local_weights(self.model, Path(spec.pretrained), spec.name, spec.options)
         visual = self.model.visual
         if not isinstance(visual, open_clip.transformer.VisionTransformer):
             raise ConfigError(f"open_clip model {spec.name!r} has no ViT image tower ({type(visual).__name__})")
