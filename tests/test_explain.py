@@ -210,6 +210,60 @@ def test_explain_batch_equals_reference(classifier: ImageClassifier) -> None:
     assert all(p.grad is None for p in classifier.parameters())
 
 
+def _hooked_generic_attention(classifier: ImageClassifier, pixel: torch.Tensor, label: int) -> torch.Tensor:
+    """Generic attention [L, gy*gx] of one sample from forward hooks on the *unmodified* open_clip model.
+
+    Each image block's ``nn.MultiheadAttention`` runs as usual; a forward hook recomputes its output
+    from separate q/k/v weight chunks with einsum, keeps the probabilities (gradient retained) and
+    returns that output in place of the module's own, which it first checks it reproduces.
+    """
+    attentions: list[torch.Tensor] = []
+
+    def recompute(module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: tuple) -> tuple:
+        x = args[0] if module.batch_first else args[0].transpose(0, 1)  # [B, T, D]
+        heads, head_dim = module.num_heads, module.embed_dim // module.num_heads
+        w_q, w_k, w_v = module.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = module.in_proj_bias.chunk(3)
+        q, k, v = (torch.nn.functional.linear(x, w, b).unflatten(-1, (heads, head_dim))
+                   for w, b in ((w_q, b_q), (w_k, b_k), (w_v, b_v)))
+        attention = torch.einsum("bqhd,bkhd->bhqk", q, k).div(head_dim**0.5).softmax(dim=-1)
+        attention.retain_grad()
+        attentions.append(attention)
+        out = module.out_proj(torch.einsum("bhqk,bkhd->bqhd", attention, v).flatten(2))
+        out = out if module.batch_first else out.transpose(0, 1)
+        torch.testing.assert_close(out, output[0], atol=1e-5, rtol=0)
+        return out, None
+
+    blocks = classifier.adapter.model.visual.transformer.resblocks
+    hooks = [block.attn.register_forward_hook(recompute, with_kwargs=True) for block in blocks]
+    try:
+        logits = classifier(pixel[None])
+        logits[0, label].backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        classifier.zero_grad(set_to_none=True)
+    relevances = [(a.grad[0] * a[0]).clamp(min=0).mean(dim=0).detach() for a in attentions]
+    tokens = relevances[0].shape[0]
+    rows = []
+    for start in range(len(relevances)):
+        r = torch.eye(tokens)
+        for relevance in relevances[start:]:
+            r = r + relevance @ r
+        rows.append(r[0, 1:])
+    return torch.stack(rows)
+
+
+def test_generic_attention_equals_hooks_on_the_unmodified_model(classifier: ImageClassifier) -> None:
+    pixels, labels = _pixels(3, seed=8), [0, 2, 1]
+    _, heatmaps = _explain(classifier, pixels, labels, ["generic_attention"])
+    for i, label in enumerate(labels):
+        hooked = _hooked_generic_attention(classifier, pixels[i], label)
+        _assert_close(heatmaps[i, 0].reshape(4, 64), hooked)
+        assert hooked.abs().max() > 1e-3
+    assert all(type(block.attn) is nn.MultiheadAttention for block in classifier.adapter.model.visual.transformer.resblocks)
+
+
 def test_unknown_explainer() -> None:
     assert set(EXPLAINERS) <= set(list_explainers())
     with pytest.raises(ConfigError, match="nope") as caught:
@@ -254,3 +308,4 @@ def test_every_registered_explainer_is_batch_invariant(classifier: ImageClassifi
     for i in range(4):
         _, single = _explain(classifier, pixels[i:i + 1], labels[i:i + 1], [name])
         _assert_close(single[0], batched[i])
+
