@@ -78,7 +78,7 @@ def _cmd_infer(args: argparse.Namespace) -> None:
 
     path = run_inference(args.checkpoint, _dataset(args), args.split, args.out, explainers=args.explainers,
                          batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
-                         model_name=args.model_name, method_name=args.method_name)
+                         precision=args.precision, model_name=args.model_name, method_name=args.method_name)
     print(f"wrote {path}")
 
 
@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch-size", type=int, default=32)
     infer.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     infer.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
+    infer.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                       help="fp32, or bf16/fp16 autocast (GPU; changes heatmaps slightly)")
     infer.add_argument("--model-name", help="the model's name in the config (store attribute)")
     infer.add_argument("--method-name", help="the method's name in the config (store attribute)")
     infer.add_argument("--out", required=True, help="cache store (.zarr) to write")

@@ -37,7 +37,8 @@ def resolve_device(device: str) -> torch.device:
 
 def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, out: str | Path, *,
                   explainers: list[str], batch_size: int = 32, device: str = "auto",
-                  num_workers: int = 0, model_name: str | None = None, method_name: str | None = None) -> Path:
+                  num_workers: int = 0, precision: str = "fp32", model_name: str | None = None,
+                  method_name: str | None = None) -> Path:
     """Explain every sample of ``split`` and write the cache store ``out``; returns its path.
 
     Args:
@@ -45,6 +46,8 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
         dataset: dataset spec ``{name, reader, root, options}``; its class names must equal the
             checkpoint's.
         explainers: registered explainer names, in the order of the ``explainer`` dimension.
+        precision: ``fp32`` (default), ``bf16`` or ``fp16`` autocast (see :mod:`rationality.explain.batch`);
+            part of the store's config, as it changes every heatmap slightly.
         model_name, method_name: the config's names for the store's attributes (default: from the
             checkpoint).
     """
@@ -63,7 +66,7 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
     method = create_method(meta["method"])
     n, n_classes, n_layers = len(samples), len(reader.class_names), adapter.num_blocks
     config = {"model": meta["model"], "method": meta["method"], "dataset": dataset, "split": split,
-              "explainers": explainers, "batch_size": batch_size}
+              "explainers": explainers, "batch_size": batch_size, "precision": precision}
     template = schema.cache_dataset(
         ids=[s.id for s in samples], class_names=reader.class_names, explainers=explainers,
         start_layers=range(n_layers), grid=adapter.grid,
@@ -89,7 +92,7 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
     for batch, (pixels, labels, _) in zip(tqdm(pending, desc=f"infer {checkpoint.parent}"), loader):
         labels = torch.as_tensor(labels)
         logits, heatmaps = explain_batch(classifier, pixels.to(torch_device), labels.to(torch_device),
-                                         explainer_objects)
+                                         explainer_objects, precision)
         writer.write(batch, {schema.LOGITS: logits.float().cpu().numpy(),
                              schema.LABEL: labels.numpy().astype(np.int32),
                              schema.HEATMAP: heatmaps.cpu().numpy()})

@@ -20,6 +20,7 @@ rule infer:
         batch_size=config["infer"]["batch_size"],
         device=config["infer"]["device"],
         num_workers=config["infer"]["num_workers"],
+        precision=config["infer"]["precision"],
     log:
         "results/logs/infer/{model}/{dataset}/{method}.log",
     benchmark:
@@ -32,5 +33,5 @@ rule infer:
         "rationality infer --checkpoint {input.checkpoint:q}"
         " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
         " --explainers {params.explainers} --batch-size {params.batch_size} --device {params.device}"
-        " --num-workers {params.num_workers} --model-name {wildcards.model} --method-name {wildcards.method}"
+        " --num-workers {params.num_workers} --precision {params.precision} --model-name {wildcards.model} --method-name {wildcards.method}"
         " --out {output:q} > {log:q} 2>&1"
