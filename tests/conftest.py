@@ -15,6 +15,7 @@ TINY_MODEL: dict[str, Any] = {"adapter": "open_clip", "name": "rationality-tiny-
 TINY_ADAPTER_SPECS: dict[str, dict[str, Any]] = {
     "open_clip": TINY_MODEL,
     "blip": {"adapter": "blip", "name": "rationality-tiny-blip", "input_size": 64, "patch_size": 8},
+    "albef": {"adapter": "albef", "name": "rationality-tiny-albef", "input_size": 64, "patch_size": 8},
 }
 SYNTHETIC_COUNTS = {"train": 4, "test": 3}
 SYNTHETIC_SIZE = (48, 40)
