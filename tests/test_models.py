@@ -312,3 +312,8 @@ def test_weights_of_another_architecture_are_refused(tiny_model_spec: dict, tmp_
     torch.save(state, path)
     with pytest.raises(ConfigError, match="(?s)" + re.escape(str(path)) + ".*does not fit.*visual.proj"):
         create_adapter({**tiny_model_spec, "pretrained": str(path)})
+
+
+def test_open_clip_model_without_a_vit_tower_is_refused() -> None:
+    with pytest.raises(ConfigError, match="'RN50' has no ViT image tower"):
+        create_adapter({"adapter": "open_clip", "name": "RN50"})
