@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,3 +96,22 @@ def test_random_initialisation_is_seeded(adapter) -> None:
         other = create_adapter({**spec, "seed": spec.get("seed", 0) + 1}).encode_image(pixels)
         torch.testing.assert_close(same, adapter.encode_image(pixels), atol=0, rtol=0)
     assert (other - same).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("method", [{"kind": "zero_shot"}, {"kind": "finetune", "epochs": 1, "batch_size": 8, "lr": 1e-4}])
+def test_checkpoint_and_cache_store_for_every_adapter(adapter, method: dict, synthetic_spec: dict, tmp_path) -> None:
+    """Train, checkpoint and explain with each adapter: the GPU stage needs nothing adapter-specific."""
+    import xarray as xr
+
+    from rationality import schema
+    from rationality.infer import run_inference
+    from rationality.train import train_checkpoint
+
+    spec = dict(TINY_ADAPTER_SPECS[adapter.spec.adapter])
+    checkpoint = train_checkpoint(spec, dict(synthetic_spec), dict(method), "train", tmp_path / "ckpt", seed=0)
+    store = run_inference(checkpoint, dict(synthetic_spec), "test", tmp_path / "cache.zarr",
+                          explainers=["generic_attention"], batch_size=5)
+    cache = xr.open_zarr(store)
+    assert cache.sizes[schema.SAMPLE] == 12 and cache.sizes[schema.START_LAYER] == adapter.num_blocks
+    heatmaps = cache[schema.HEATMAP].values
+    assert np.isfinite(heatmaps).all() and (heatmaps != 0).any()
