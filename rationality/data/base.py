@@ -19,7 +19,11 @@ import numpy as np
 from PIL import Image
 
 from rationality._registry import Registry
-from rationality.errors import DataError
+from rationality.errors import ConfigError, DataError
+
+#: What a reader does with an image that has no annotation (option ``missing_annotation``): ``fail``
+#: raises DataError naming it; ``skip`` leaves it out and records it in ``DatasetReader.skipped``.
+MISSING_ANNOTATION_POLICIES = ("fail", "skip")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,13 @@ class DatasetReader(abc.ABC):
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset directory does not exist")
         self.options = options
+        #: (sample id or file, reason) of every image left out under ``missing_annotation: skip``.
+        self.skipped: list[tuple[str, str]] = []
+
+    @property
+    @abc.abstractmethod
+    def splits(self) -> tuple[str, ...]:
+        """Names of the splits this dataset has, e.g. ``("train", "test")``."""
 
     @property
     @abc.abstractmethod
@@ -65,6 +76,14 @@ class DatasetReader(abc.ABC):
     def load_image(self, sample: Sample) -> Image.Image:
         """The RGB image of ``sample``. Raises DataError naming the file if missing or corrupt."""
         return read_rgb_image(sample.image_path)
+
+
+def missing_annotation_policy(options: dict[str, Any]) -> str:
+    """The ``missing_annotation`` option (default ``fail``). Raises ConfigError for another value."""
+    policy = options.get("missing_annotation", "fail")
+    if policy not in MISSING_ANNOTATION_POLICIES:
+        raise ConfigError(f"missing_annotation must be one of {MISSING_ANNOTATION_POLICIES}, got {policy!r}")
+    return policy
 
 
 def read_rgb_image(path: Path) -> Image.Image:

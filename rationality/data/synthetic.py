@@ -301,6 +301,10 @@ class SyntheticReader(DatasetReader):
     def class_names(self) -> tuple[str, ...]:
         return self._class_names
 
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self._splits)
+
     def samples(self, split: str) -> list[Sample]:
         if split not in self._splits:
             known = ", ".join(sorted(self._splits)) or "none"
