@@ -69,7 +69,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from rationality.train import train_checkpoint
 
-    path = train_checkpoint(args.model, _dataset(args), args.method, args.split, args.out, seed=args.seed)
+    path = train_checkpoint(args.model, _dataset(args), args.method, args.split, args.out, seed=args.seed,
+                            device=args.device, num_workers=args.num_workers)
     print(f"wrote {path}")
 
 
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", required=True, type=_spec("method", "--method"), help="method spec")
     dataset_options(train, "training split")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (under torchrun: each process's GPU)")
+    train.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
     train.add_argument("--out", required=True, help="checkpoint directory")
     train.set_defaults(run=_cmd_train)
 

@@ -19,7 +19,7 @@ import torch
 from rationality.data.base import create_dataset
 from rationality.data.loader import ImageDataset
 from rationality.errors import ConfigError
-from rationality.methods._training import train_classifier
+from rationality.methods._training import TRAIN_STATE_FILE, Run, TrainingOptions, train_epochs
 from rationality.models.base import ModelSpec, create_adapter
 
 
@@ -35,7 +35,7 @@ def pretrain_image_text(model: dict[str, Any], dataset: dict[str, Any], split: s
         out: the ``.pt`` file to write (an open_clip ``CLIP`` state dict).
 
     Returns:
-        ``out``. A per-epoch log is written next to it as ``<out>.log.csv``.
+        ``out``. The per-epoch log (and, while it runs, the resumable state) is in ``<out>.train/``.
     """
     spec = ModelSpec.from_dict(model)
     if spec.pretrained is not None:
@@ -45,16 +45,20 @@ def pretrain_image_text(model: dict[str, Any], dataset: dict[str, Any], split: s
     images = ImageDataset(reader, reader.samples(split), adapter.geometry, *adapter.normalization)
     prompts = [prompt_template.format(name.replace("_", " ")) for name in reader.class_names]
 
-    def class_logits(pixels: torch.Tensor) -> torch.Tensor:
-        image = torch.nn.functional.normalize(adapter.encode_image(pixels), dim=-1)
-        text = torch.nn.functional.normalize(adapter.encode_text(prompts), dim=-1)
-        return adapter.logit_scale() * image @ text.T
+    def step(module: torch.nn.Module, batch: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        image = torch.nn.functional.normalize(module.encode_image(batch[0]), dim=-1)
+        text = torch.nn.functional.normalize(module.encode_text(prompts), dim=-1)
+        logits = (module.logit_scale() * image @ text.T).float()
+        return torch.nn.functional.cross_entropy(logits, batch[1]), logits, batch[1]
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    train_classifier(adapter.parameters(), class_logits, images, lr=lr, epochs=epochs, batch_size=batch_size,
-                     seed=seed, log_path=out.with_name(out.name + ".log.csv"), description="pretrain")
+    run_dir = out.with_name(out.name + ".train")
+    train_epochs(adapter, step, images, TrainingOptions(lr=lr, epochs=epochs, batch_size=batch_size),
+                 Run(run_dir, seed, fingerprint=f"pretrain {spec.to_dict()} {dataset} {split} {epochs} {lr} {batch_size}"),
+                 description="pretrain")
     staging = out.with_name(out.name + ".tmp")
     torch.save(adapter.model.state_dict(), staging)
     os.replace(staging, out)
+    (run_dir / TRAIN_STATE_FILE).unlink(missing_ok=True)
     return out

@@ -17,6 +17,7 @@ from rationality.methods import create_method, list_methods
 from rationality.models import LinearHead, ModelSpec, create_adapter
 from rationality.models.checkpoint import load_checkpoint, state_sha256
 from rationality.models.openclip import check_quick_gelu, is_torchscript_archive
+from rationality.methods._training import Run
 from rationality.train import CHECKPOINT_FILE, TRAIN_LOG_FILE, train_checkpoint
 
 # --------------------------------------------------------------------------- QuickGELU (no model is built)
@@ -159,8 +160,8 @@ def test_checkpoint_round_trip(probe_checkpoint: Path, synthetic_spec: dict, tin
     adapter = create_adapter(tiny_model_spec)
     reader = create_dataset(synthetic_spec["reader"], synthetic_spec["root"])
     train = ImageDataset(reader, reader.samples("train"), adapter.geometry, *adapter.normalization)
-    trained = create_method(dict(LINEAR_PROBE)).fit(adapter, reader.class_names, train, 0,
-                                                     probe_checkpoint.parent / "again.csv").eval()
+    trained = create_method(dict(LINEAR_PROBE)).fit(adapter, reader.class_names, train,
+                                                     Run(probe_checkpoint.parent / "again", seed=0)).eval()
     pixels = _test_pixels(synthetic_spec, adapter)
     with torch.no_grad():
         expected, loaded = trained(pixels), classifier(pixels)

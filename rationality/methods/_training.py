@@ -1,50 +1,230 @@
-"""The training loop every trained method shares: Adam, cross-entropy, seeded, logged per epoch."""
+"""The training loop every trained method shares.
+
+Seeded, logged per epoch, resumable, with optional mixed precision and DDP:
+
+* **Data order** depends only on (seed, epoch): every epoch draws a fresh permutation from a
+  generator seeded with both, so a run resumed at epoch k sees the same batches as one that never
+  stopped.
+* **Resuming**: after every epoch the trained parameters, the optimiser (and gradient scaler) state,
+  the RNG state and the log rows go atomically to ``<run_dir>/train_state.pt``, tagged with a
+  fingerprint of everything that defines the run. A later call with the same fingerprint continues
+  after the last finished epoch; the same seed then gives the same final weights as an uninterrupted
+  run (tested). The caller deletes the state once the final checkpoint is written.
+* **Log**: ``<run_dir>/train_log.csv``, one row per epoch: epoch, mean loss, training accuracy.
+* **Mixed precision**: ``precision: bf16`` or ``fp16`` runs forward passes under ``torch.autocast``
+  (fp16 with a gradient scaler); parameters and optimiser state stay fp32.
+* **DDP**: started under ``torchrun`` (``WORLD_SIZE`` > 1), each process takes an equal share of every
+  global batch (``batch_size`` stays the global batch size), gradients are averaged across processes,
+  and only rank 0 writes the log and the state.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from rationality.data.loader import make_loader
+from rationality.errors import ConfigError
+
+TRAIN_LOG_FILE = "train_log.csv"
+TRAIN_STATE_FILE = "train_state.pt"
+OPTIMIZERS = ("adam", "adamw")
+TRAINING_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: A training step: (the module to call, a batch already on the device) -> (mean loss, logits [B, C], labels [B]).
+Step = Callable[[nn.Module, Sequence[Any]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def train_classifier(
-    parameters: Iterable[torch.nn.Parameter], forward: Callable[[torch.Tensor], torch.Tensor],
-    dataset: Dataset, *, lr: float, epochs: int, batch_size: int, seed: int, log_path: Path,
-    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-    description: str = "train",
-) -> None:
-    """Minimise cross-entropy of ``forward(inputs)`` against labels with Adam.
+@dataclasses.dataclass
+class TrainingOptions:
+    """Optimisation hyper-parameters every trained method takes (all change results).
+
+    Defaults are the paper's: Adam, betas (0.9, 0.999), eps 1e-8, no weight decay, fp32.
+    """
+
+    lr: float = 1e-3
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adam"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    precision: str = "fp32"
+
+    def check_training_options(self) -> None:
+        """Raise ConfigError for an unknown optimiser or precision, or a non-positive size."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ConfigError(f"precision must be one of {tuple(TRAINING_PRECISIONS)}, got {self.precision!r}")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got {self.epochs}, "
+                              f"{self.batch_size}, {self.lr}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Where and as what one training run executes.
+
+    Attributes:
+        run_dir: directory for the log and the resumable state.
+        seed: seeds data order and everything random in training.
+        fingerprint: identifies the run (model, dataset, method, seed); a saved state with another
+            fingerprint is not resumed.
+        device: where tensors go.
+        num_workers: image-loading processes.
+    """
+
+    run_dir: Path
+    seed: int = 0
+    fingerprint: str = ""
+    device: torch.device = torch.device("cpu")
+    num_workers: int = 0
+
+
+def init_distributed(device: str) -> torch.device:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1; the device this process trains on.
 
     Args:
-        parameters: what the optimiser updates.
-        forward: inputs [B, ...] -> logits [B, C].
-        dataset: items ``(inputs, label, ...)``; shuffled with a generator seeded by ``seed``.
-        log_path: CSV with one row per epoch: epoch, mean loss, training accuracy.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun
+            with CUDA each process takes ``cuda:LOCAL_RANK``.
     """
-    torch.manual_seed(seed)
-    optimizer = torch.optim.Adam(list(parameters), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=seed)
-    with log_path.open("w", newline="") as log_file:
-        log = csv.writer(log_file)
-        log.writerow(["epoch", "loss", "accuracy"])
-        for epoch in range(1, epochs + 1):
-            loss_sum, correct, seen = 0.0, 0, 0
-            for batch in tqdm(loader, desc=f"{description} epoch {epoch}/{epochs}", leave=False):
-                inputs, labels = batch[0], torch.as_tensor(batch[1])
-                logits = forward(inputs)
-                loss = F.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(labels)
-                correct += int((logits.argmax(dim=1) == labels).sum())
-                seen += len(labels)
-            log.writerow([epoch, f"{loss_sum / seen:.6f}", f"{correct / seen:.6f}"])
-            log_file.flush()
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if use_cuda:
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local_rank)
+            return torch.device("cuda", local_rank)
+    if device == "auto":
+        return torch.device("cuda" if use_cuda else "cpu")
+    return torch.device(device)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[list[int]]:
+    """This process's share of each global batch of one epoch's (seed, epoch)-seeded permutation."""
+    rank, size = world()
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    for start in range(0, n, batch_size):
+        batch = order[start : start + batch_size]
+        share = batch[rank * len(batch) // size : (rank + 1) * len(batch) // size]
+        if share:
+            yield share
+
+
+def _make_optimizer(parameters: list[nn.Parameter], options: TrainingOptions) -> torch.optim.Optimizer:
+    kind = torch.optim.AdamW if options.optimizer == "adamw" else torch.optim.Adam
+    return kind(parameters, lr=options.lr, betas=(options.adam_beta1, options.adam_beta2), eps=options.eps,
+                weight_decay=options.weight_decay)
+
+
+def _to_device(batch: Sequence[Any], device: torch.device) -> list[Any]:
+    return [item.to(device) if isinstance(item, torch.Tensor) else item for item in batch]
+
+
+def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: TrainingOptions, run: Run,
+                 description: str = "train") -> None:
+    """Train the parameters of ``module`` that require grad, minimising ``step``'s loss.
+
+    Args:
+        module: the model a step calls (wrapped in DDP under torchrun). Only its parameters with
+            ``requires_grad`` are optimised and saved in the resumable state.
+        step: computes a batch's mean loss and logits (for the logged accuracy).
+        dataset: items ``(inputs, label, ...)``.
+        options: the method's training hyper-parameters.
+        run: directory, seed, fingerprint, device.
+    """
+    options.check_training_options()
+    rank, size = world()
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    optimizer = _make_optimizer([p for _, p in named], options)
+    autocast_dtype = TRAINING_PRECISIONS[options.precision]
+    scaler = torch.amp.GradScaler(run.device.type, enabled=options.precision == "fp16")
+    caller = module
+    if size > 1:
+        caller = nn.parallel.DistributedDataParallel(
+            module, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    torch.manual_seed(run.seed)
+    first_epoch, rows = _resume(run, dict(named), optimizer, scaler)
+    for epoch in range(first_epoch, options.epochs + 1):
+        loader = DataLoader(dataset, batch_sampler=list(_epoch_batches(len(dataset), options.batch_size, run.seed,
+                                                                       epoch)), num_workers=run.num_workers)
+        totals = torch.zeros(3, dtype=torch.float64, device=run.device)  # loss sum, correct, seen
+        for batch in tqdm(loader, desc=f"{description} epoch {epoch}/{options.epochs}", leave=False,
+                          disable=rank != 0):
+            batch = _to_device(batch, run.device)
+            with torch.autocast(run.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss, logits, labels = step(caller, batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            totals += torch.tensor([float(loss.detach()) * len(labels), int((logits.argmax(1) == labels).sum()),
+                                    len(labels)], dtype=torch.float64, device=run.device)
+        if size > 1:
+            dist.all_reduce(totals)
+        loss_sum, correct, seen = totals.tolist()
+        rows.append([epoch, f"{loss_sum / max(seen, 1):.6f}", f"{correct / max(seen, 1):.6f}"])
+        if rank == 0:
+            _write_log(run.run_dir / TRAIN_LOG_FILE, rows)
+            _save_state(run, epoch, dict(named), optimizer, scaler, rows)
+    if rank == 0 and options.epochs == 0:
+        _write_log(run.run_dir / TRAIN_LOG_FILE, rows)
+
+
+def _write_log(path: Path, rows: list[list[Any]]) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    with staging.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "loss", "accuracy"])
+        writer.writerows(rows)
+    os.replace(staging, path)
+
+
+def _save_state(run: Run, epoch: int, parameters: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, rows: list[list[Any]]) -> None:
+    state = {"fingerprint": run.fingerprint, "epoch": epoch, "rows": rows,
+             "parameters": {name: p.detach().cpu() for name, p in parameters.items()},
+             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state()}
+    path = run.run_dir / TRAIN_STATE_FILE
+    staging = path.with_name(path.name + ".tmp")
+    torch.save(state, staging)
+    os.replace(staging, path)
+
+
+def _resume(run: Run, parameters: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler) -> tuple[int, list[list[Any]]]:
+    """Load a saved state of this run, if any: (first epoch to run, log rows so far)."""
+    path = run.run_dir / TRAIN_STATE_FILE
+    if not path.is_file():
+        return 1, []
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != run.fingerprint or set(state["parameters"]) != set(parameters):
+        print(f"{path}: saved by another run (model, dataset, method or seed differ); starting from epoch 1")
+        return 1, []
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            parameter.copy_(state["parameters"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"])
+    print(f"{path}: resuming after epoch {state['epoch']}")
+    return state["epoch"] + 1, state["rows"]

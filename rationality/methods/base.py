@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
 
 from rationality._registry import Registry
 from rationality.data.loader import ImageDataset
 from rationality.errors import ConfigError
+from rationality.methods._training import Run, TrainingOptions
 from rationality.models.base import VisionLanguageAdapter
 from rationality.models.heads import ImageClassifier
 
@@ -35,8 +35,12 @@ class AdaptationMethod(abc.ABC):
 
     @abc.abstractmethod
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
-            seed: int, log_path: Path) -> ImageClassifier:
-        """Adapt ``adapter`` to the classes; write per-epoch loss/accuracy to ``log_path`` (CSV)."""
+            run: Run) -> ImageClassifier:
+        """Adapt ``adapter`` (on ``run.device``) to the classes; log per epoch into ``run.run_dir``.
+
+        Returns:
+            The classifier the GPU stage explains; its head alone says which logit that is.
+        """
 
     def prompts(self, class_names: Sequence[str]) -> list[str]:
         """One text prompt per class from ``prompt_template``."""
@@ -44,6 +48,14 @@ class AdaptationMethod(abc.ABC):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass
+class TrainedMethod(AdaptationMethod, TrainingOptions):
+    """A method with an optimisation loop: the shared training hyper-parameters are its fields."""
+
+    def __post_init__(self) -> None:
+        self.check_training_options()
 
 
 _METHODS: Registry[type[AdaptationMethod]] = Registry("adaptation method", "rationality.methods._methods", "kind")

@@ -3,41 +3,38 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from rationality.data.loader import ImageDataset
-from rationality.methods._training import train_classifier
-from rationality.methods.base import AdaptationMethod, register_method
+from rationality.methods._training import Run, train_epochs
+from rationality.methods.base import register_method
+from rationality.methods.linear_probe import HeadMethod, classify_step
 from rationality.models.base import VisionLanguageAdapter
-from rationality.models.heads import ImageClassifier, LinearHead
+from rationality.models.heads import ImageClassifier
 
 
 @register_method("finetune")
 @dataclasses.dataclass
-class Finetune(AdaptationMethod):
-    """Image tower + randomly initialised linear head (as the paper). Heatmaps explain the head's logit."""
+class Finetune(HeadMethod):
+    """Image tower + linear head (random init as the paper by default). Heatmaps explain the head's logit.
 
-    paper_start_layer = "first"
+    Everything outside the image tower (the text tower, CLIP's logit scale) stays frozen.
+    """
+
     trains_image_tower = True
 
     lr: float = 1e-5
-    epochs: int = 10
-    batch_size: int = 32
-    normalize_features: bool = False
 
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
-            seed: int, log_path: Path) -> ImageClassifier:
+            run: Run) -> ImageClassifier:
         with torch.no_grad():
-            embed_dim = adapter.encode_image(train[0][0][None]).shape[1]
-        torch.manual_seed(seed)
-        classifier = ImageClassifier(adapter, LinearHead(embed_dim, len(class_names), self.normalize_features))
+            embed_dim = adapter.encode_image(train[0][0][None].to(run.device)).shape[1]
+        classifier = ImageClassifier(adapter, self.initial_head(adapter, class_names, embed_dim, run.seed))
+        adapter.requires_grad_(False)
+        adapter.image_tower().requires_grad_(True)
         classifier.train()
-        train_classifier(
-            itertools.chain(adapter.image_tower().parameters(), classifier.head.parameters()), classifier, train,
-            lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, seed=seed, log_path=log_path,
-            description="fine-tune")
+        train_epochs(classifier, classify_step, train, self, run, "fine-tune")
+        adapter.requires_grad_(True)
         return classifier.eval()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Sequence
 
 from rationality.data.loader import ImageDataset
+from rationality.methods._training import TRAIN_LOG_FILE, Run
 from rationality.methods.base import AdaptationMethod, register_method
 from rationality.models.base import VisionLanguageAdapter
 from rationality.models.heads import ImageClassifier, PromptHead
@@ -20,6 +20,7 @@ class ZeroShot(AdaptationMethod):
     paper_start_layer = "last"
 
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
-            seed: int, log_path: Path) -> ImageClassifier:
-        log_path.write_text("epoch,loss,accuracy\n")
+            run: Run) -> ImageClassifier:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / TRAIN_LOG_FILE).write_text("epoch,loss,accuracy\n")
         return ImageClassifier(adapter, PromptHead.from_prompts(adapter, self.prompts(class_names)))
