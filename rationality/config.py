@@ -57,10 +57,14 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     schema = config_schema()
     _check(config, schema, source)
     filled = _fill_defaults(copy.deepcopy(config), schema, schema)
-    for section in ("models", "datasets", "methods"):
-        unknown = [name for name in filled["runs"][section] if name not in filled[section]]
-        if unknown:
-            raise ConfigError(f"{source} is invalid:\n  runs.{section}: {unknown} not defined under {section}")
+    grids = filled["runs"] if isinstance(filled["runs"], list) else [filled["runs"]]
+    entries = [(f"runs[{i}]", grid) for i, grid in enumerate(grids)]
+    entries += [(f"overrides[{i}]", entry) for i, entry in enumerate(filled["overrides"])]
+    for where, entry in entries:
+        for section in ("models", "datasets", "methods"):
+            unknown = [name for name in entry.get(section, []) if name not in filled[section]]
+            if unknown:
+                raise ConfigError(f"{source} is invalid:\n  {where}.{section}: {unknown} not defined under {section}")
     for model, pretrain in filled["pretrain"].items():
         expected = pretrained_path(model)
         if model not in filled["models"] or filled["models"][model]["pretrained"] != expected:
@@ -69,6 +73,24 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
             raise ConfigError(f"{source} is invalid:\n  pretrain.{model}.dataset: {pretrain['dataset']!r} "
                               f"is not defined under datasets")
     return filled
+
+
+def run_triples(config: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Every (model, dataset, method) of ``runs`` (a grid or a list of grids), once, in config order."""
+    grids = config["runs"] if isinstance(config["runs"], list) else [config["runs"]]
+    triples = [(model, dataset, method) for grid in grids
+               for model in grid["models"] for dataset in grid["datasets"] for method in grid["methods"]]
+    return list(dict.fromkeys(triples))
+
+
+def method_spec_for(config: dict[str, Any], model: str, dataset: str, method: str) -> dict[str, Any]:
+    """The method spec of one run: ``methods.<method>`` with every matching ``overrides`` entry applied."""
+    spec = dict(config["methods"][method])
+    for entry in config.get("overrides", []):
+        if all(name in entry.get(section, [name])
+               for section, name in (("models", model), ("datasets", dataset), ("methods", method))):
+            spec.update(entry["set"])
+    return spec
 
 
 def pretrained_path(model: str) -> str:

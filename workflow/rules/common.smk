@@ -9,7 +9,7 @@ import re
 
 from snakemake.utils import min_version, validate
 
-from rationality.config import pretrained_path, validate_config
+from rationality.config import method_spec_for, pretrained_path, run_triples, validate_config
 
 min_version("8.20")
 
@@ -52,7 +52,7 @@ def dataset_spec(wildcards):
 
 
 def method_spec(wildcards):
-    return as_json(config["methods"][wildcards.method])
+    return as_json(method_spec_for(config, wildcards.model, wildcards.dataset, wildcards.method))
 
 
 def train_split(wildcards):
@@ -119,6 +119,12 @@ def projections_for_cache(wildcards):
 
 
 def all_scores():
-    runs = config["runs"]
-    return [f"results/scores/{model}/{dataset}/{method}.zarr"
-            for model in runs["models"] for dataset in runs["datasets"] for method in runs["methods"]]
+    return [f"results/scores/{model}/{dataset}/{method}.zarr" for model, dataset, method in run_triples(config)]
+
+
+def train_launcher(wildcards):
+    """The command that starts training: the CLI, or torchrun with one process per GPU."""
+    processes = config["train"]["nproc_per_node"]
+    if processes == 1:
+        return "rationality"
+    return f"torchrun --standalone --nproc-per-node {processes} -m rationality"

@@ -5,7 +5,9 @@ pretrain  seeded random model + a synthetic split -> results/pretrained/{model}.
 
 train   model + dataset (train split) + method -> results/checkpoints/{model}/{dataset}/{method}/
         checkpoint.pt (what the GPU stage loads) and train_log.csv (loss / accuracy per epoch).
-        Zero-shot writes a checkpoint too: its text head, nothing trained.
+        Zero-shot writes a checkpoint too: its text head, nothing trained. An interrupted job resumes
+        from its last finished epoch (train_state.pt in the same directory). With
+        train.nproc_per_node > 1 the job runs under torchrun (DDP), one process per GPU.
 """
 
 
@@ -48,16 +50,19 @@ rule train:
         method=method_spec,
         split=train_split,
         seed=config["seed"],
+        launcher=train_launcher,
+        device=config["train"]["device"],
+        num_workers=config["train"]["num_workers"],
     log:
         "results/logs/train/{model}/{dataset}/{method}.log",
     benchmark:
         "results/benchmarks/train/{model}/{dataset}/{method}.tsv"
     resources:
-        gpu=config["resources"]["gpu"],
+        gpu=config["resources"]["gpu"] * config["train"]["nproc_per_node"],
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
     shell:
-        "rationality train --model {params.model:q} --method {params.method:q}"
+        "{params.launcher} train --model {params.model:q} --method {params.method:q}"
         " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
-        " --seed {params.seed} --out results/checkpoints/{wildcards.model}/{wildcards.dataset}/{wildcards.method}"
+        " --seed {params.seed} --device {params.device} --num-workers {params.num_workers} --out results/checkpoints/{wildcards.model}/{wildcards.dataset}/{wildcards.method}"
         " > {log:q} 2>&1"
