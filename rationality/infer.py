@@ -38,7 +38,7 @@ def resolve_device(device: str) -> torch.device:
 def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, out: str | Path, *,
                   explainers: list[str], batch_size: int = 32, device: str = "auto",
                   num_workers: int = 0, precision: str = "fp32", model_name: str | None = None,
-                  method_name: str | None = None) -> Path:
+                  method_name: str | None = None, corruption: str = schema.CLEAN, severity: int = 0) -> Path:
     """Explain every sample of ``split`` and write the cache store ``out``; returns its path.
 
     Args:
@@ -50,6 +50,8 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
             part of the store's config, as it changes every heatmap slightly.
         model_name, method_name: the config's names for the store's attributes (default: from the
             checkpoint).
+        corruption, severity: what the dataset's images went through (store attributes; the
+            dataset spec is what applies them).
     """
     checkpoint = Path(checkpoint)
     explainer_objects = [create_explainer(name) for name in explainers]
@@ -78,7 +80,7 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
             split=split, method=method_name or method.kind, method_kind=method.kind,
             paper_start_layer=0 if method.paper_start_layer == "first" else n_layers - 1,
             geometry=adapter.geometry.to_dict(), image_normalization={"mean": list(mean), "std": list(std)},
-            checkpoint_sha256=checkpoint_sha256, config=config),
+            checkpoint_sha256=checkpoint_sha256, config=config, corruption=corruption, severity=severity),
     )
     fingerprint = hashlib.sha256(json.dumps(
         {"checkpoint": checkpoint_sha256, "config": config, "version": __version__}, sort_keys=True).encode()

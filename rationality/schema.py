@@ -95,6 +95,11 @@ ATTR_SCORING = "scoring"
 ATTR_CACHE_PATH = "cache_path"
 ATTR_MASKS_PATH = "masks_path"
 ATTR_GRID = "grid"
+#: The image corruption of an out-of-distribution store (``none`` for clean data) and its severity
+#: (1-5; 0 for clean data), so that severity curves are read from the stores, not from paths.
+ATTR_CORRUPTION = "corruption"
+ATTR_SEVERITY = "severity"
+CLEAN = "none"
 
 
 class StoreKind(str, enum.Enum):
@@ -150,13 +155,13 @@ STORE_ARRAYS: dict[StoreKind, dict[str, ArraySpec]] = {
 STORE_ATTRS: dict[StoreKind, tuple[str, ...]] = {
     StoreKind.CACHE: (
         ATTR_MODEL, ATTR_DATASET, ATTR_SPLIT, ATTR_METHOD, ATTR_METHOD_KIND, ATTR_PAPER_START_LAYER,
-        ATTR_GEOMETRY, ATTR_NORMALIZATION, ATTR_CHECKPOINT_SHA256, ATTR_CONFIG,
+        ATTR_GEOMETRY, ATTR_NORMALIZATION, ATTR_CHECKPOINT_SHA256, ATTR_CONFIG, ATTR_CORRUPTION, ATTR_SEVERITY,
     ),
     StoreKind.MASKS: (ATTR_DATASET, ATTR_SPLIT, ATTR_GEOMETRY, ATTR_CONFIG),
     StoreKind.PROJECTIONS: (ATTR_DATASET, ATTR_SPLIT, ATTR_GEOMETRY, ATTR_GRID, ATTR_MASKS_PATH),
     StoreKind.SCORES: (
         ATTR_MODEL, ATTR_DATASET, ATTR_SPLIT, ATTR_METHOD, ATTR_METHOD_KIND, ATTR_PAPER_START_LAYER,
-        ATTR_GEOMETRY, ATTR_SCORING, ATTR_CACHE_PATH, ATTR_MASKS_PATH,
+        ATTR_GEOMETRY, ATTR_SCORING, ATTR_CACHE_PATH, ATTR_MASKS_PATH, ATTR_CORRUPTION, ATTR_SEVERITY,
     ),
 }
 # No creation time: the same inputs give byte-identical stores (Snakemake's logs record when).
@@ -298,7 +303,8 @@ def mock_cache(
     rng = np.random.default_rng(seed)
     defaults = dict(model="mock", dataset="mock", split="test", method="zs", method_kind="zero_shot",
                     paper_start_layer=n_layers - 1, geometry={"resize": 16, "crop": 16},
-                    image_normalization="model", checkpoint_sha256="0" * 64, config={})
+                    image_normalization="model", checkpoint_sha256="0" * 64, config={}, corruption=CLEAN,
+                    severity=0)
     return cache_dataset(
         ids=[f"mock-{i:04d}" for i in range(n_samples)],
         class_names=[f"class{c}" for c in range(n_classes)],

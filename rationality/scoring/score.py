@@ -119,7 +119,8 @@ def score_dataset(cache: xr.Dataset, masks: xr.Dataset, options: ScoringOptions,
         schema.StoreKind.SCORES,
         **{key: schema.json_attr(cache, key) for key in (
             schema.ATTR_MODEL, schema.ATTR_DATASET, schema.ATTR_SPLIT, schema.ATTR_METHOD,
-            schema.ATTR_METHOD_KIND, schema.ATTR_PAPER_START_LAYER, schema.ATTR_GEOMETRY)},
+            schema.ATTR_METHOD_KIND, schema.ATTR_PAPER_START_LAYER, schema.ATTR_GEOMETRY,
+            schema.ATTR_CORRUPTION, schema.ATTR_SEVERITY)},
         scoring=asdict(options), cache_path=str(cache_path), masks_path=str(masks_path),
     )
     return xr.Dataset(
