@@ -65,6 +65,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
             unknown = [name for name in entry.get(section, []) if name not in filled[section]]
             if unknown:
                 raise ConfigError(f"{source} is invalid:\n  {where}.{section}: {unknown} not defined under {section}")
+    _check_ood(filled, source)
     for model, pretrain in filled["pretrain"].items():
         expected = pretrained_path(model)
         if model not in filled["models"] or filled["models"][model]["pretrained"] != expected:
@@ -73,6 +74,58 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
             raise ConfigError(f"{source} is invalid:\n  pretrain.{model}.dataset: {pretrain['dataset']!r} "
                               f"is not defined under datasets")
     return filled
+
+
+def _check_ood(config: dict[str, Any], source: str) -> None:
+    from rationality.data.corruptions import CORRUPTIONS
+
+    for name, ood in config["ood"].items():
+        problems = []
+        if name in config["datasets"]:
+            problems.append("is also the name of a dataset")
+        if ood["dataset"] not in config["datasets"]:
+            problems.append(f"dataset {ood['dataset']!r} is not defined under datasets")
+        if ood["source"] == "imagenet_c" and "root" not in ood:
+            problems.append("source imagenet_c needs root (ImageNet-C's directory)")
+        unknown = [c for c in ood["corruptions"] if c not in CORRUPTIONS]
+        if unknown:
+            problems.append(f"unknown corruptions {unknown}; known: {list(CORRUPTIONS)}")
+        if problems:
+            raise ConfigError(f"{source} is invalid:\n  ood.{name}: " + "; ".join(problems))
+
+
+def ood_dataset_spec(config: dict[str, Any], name: str, corruption: str, severity: int) -> dict[str, Any]:
+    """The dataset spec of one (out-of-distribution set, corruption, severity).
+
+    Its samples are those of the clean dataset's test split: same ids, labels and masks.
+    """
+    ood = config["ood"][name]
+    clean = config["datasets"][ood["dataset"]]
+    options = dict(clean.get("options", {}))
+    if ood["source"] == "imagenet_c":  # the imagenet_c reader applies ImageNet-C's own 256/224 pre-crop
+        options.pop("pre_crop", None)
+        return {**clean, "reader": "imagenet_c", "root": ood["root"],
+                "options": {**options, "corruption": corruption, "severity": severity, "val_root": clean["root"]}}
+    return {**clean, "reader": "corrupted",
+            "options": {"base": {"reader": clean["reader"], "options": options}, "corruption": corruption,
+                        "severity": severity, "seed": ood["seed"]}}
+
+
+def dataset_spec_for(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The spec of a dataset, or of an out-of-distribution set's first (corruption, severity): what
+    its masks are built from (masks do not depend on the corruption)."""
+    if name in config["datasets"]:
+        return config["datasets"][name]
+    ood = config["ood"][name]
+    return ood_dataset_spec(config, name, ood["corruptions"][0], ood["severities"][0])
+
+
+def ood_runs(config: dict[str, Any]) -> list[tuple[str, str, str, str, int]]:
+    """(model, ood set, method, corruption, severity) for every run whose dataset has ood sets."""
+    return [(model, name, method, corruption, severity)
+            for model, dataset, method in run_triples(config)
+            for name, ood in config["ood"].items() if ood["dataset"] == dataset
+            for corruption in ood["corruptions"] for severity in ood["severities"]]
 
 
 def run_triples(config: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rationality.config import method_spec_for, run_triples, validate_config
+from rationality.config import (
+    dataset_spec_for, method_spec_for, ood_dataset_spec, ood_runs, run_triples, validate_config,
+)
 from rationality.errors import ConfigError
 
 
@@ -52,3 +54,44 @@ def test_overrides_apply_in_order_to_matching_runs_only() -> None:
 def test_invalid_grids_and_overrides(extra: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate_config(_config(**extra))
+
+
+def test_ood_sets_expand_to_runs_and_dataset_specs() -> None:
+    ood = {"cub-c": {"dataset": "cub", "corruptions": ["fog", "gaussian_noise"], "severities": [1, 5]},
+           "dogs-c": {"dataset": "dogs", "source": "on_the_fly", "corruptions": ["fog"], "seed": 3}}
+    config = validate_config(_config(ood=ood, datasets={
+        "cub": {"reader": "cub", "root": "c", "options": {"segmentations_dir": "s"}},
+        "dogs": {"reader": "stanford_dogs", "root": "d"}}))
+    runs = ood_runs(config)
+    assert len(runs) == 2 * (4 + 5)  # 2 models x lp x (cub-c: 2 corruptions x 2 severities; dogs-c: 5)
+    assert ("blip", "cub-c", "lp", "gaussian_noise", 5) in runs
+    spec = ood_dataset_spec(config, "cub-c", "fog", 5)
+    assert spec["reader"] == "corrupted" and spec["root"] == "c" and spec["test_split"] == "test"
+    assert spec["options"] == {"base": {"reader": "cub", "options": {"segmentations_dir": "s"}},
+                               "corruption": "fog", "severity": 5, "seed": 0}
+    assert dataset_spec_for(config, "cub-c") == ood_dataset_spec(config, "cub-c", "fog", 1)
+    assert dataset_spec_for(config, "cub") == config["datasets"]["cub"]
+
+
+def test_imagenet_c_from_disk_reuses_the_val_set() -> None:
+    datasets = {"imagenet": {"reader": "imagenet", "root": "val", "test_split": "val",
+                             "options": {"pre_crop": [256, 224]}},
+                "cub": {"reader": "cub", "root": "c"}}
+    ood = {"imagenet-c": {"dataset": "imagenet", "source": "imagenet_c", "root": "inc", "corruptions": ["fog"]}}
+    config = validate_config(_config(datasets=datasets, ood=ood,
+                                     runs={"models": ["b16"], "datasets": ["imagenet"], "methods": ["lp"]}))
+    spec = ood_dataset_spec(config, "imagenet-c", "fog", 2)
+    assert spec["reader"] == "imagenet_c" and spec["root"] == "inc" and spec["test_split"] == "val"
+    assert spec["options"] == {"corruption": "fog", "severity": 2, "val_root": "val"}  # its own pre-crop
+
+
+@pytest.mark.parametrize(("ood", "message"), [
+    ({"cub": {"dataset": "cub", "corruptions": ["fog"]}}, "ood.cub: is also the name of a dataset"),
+    ({"x": {"dataset": "nope", "corruptions": ["fog"]}}, "dataset 'nope' is not defined"),
+    ({"x": {"dataset": "cub", "source": "imagenet_c", "corruptions": ["fog"]}}, "needs root"),
+    ({"x": {"dataset": "cub", "corruptions": ["rain"]}}, r"unknown corruptions \['rain'\]"),
+    ({"x": {"dataset": "cub", "corruptions": ["fog"], "severities": [6]}}, "ood.x.severities"),
+])
+def test_invalid_ood_sets(ood: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_config(_config(ood=ood))

@@ -9,7 +9,15 @@ import re
 
 from snakemake.utils import min_version, validate
 
-from rationality.config import method_spec_for, pretrained_path, run_triples, validate_config
+from rationality.config import (
+    dataset_spec_for,
+    method_spec_for,
+    ood_dataset_spec,
+    ood_runs,
+    pretrained_path,
+    run_triples,
+    validate_config,
+)
 
 min_version("8.20")
 
@@ -17,13 +25,24 @@ validate(config, "../schemas/config.schema.yaml")
 config.update(validate_config(config, source="workflow config"))
 
 
+def _alternatives(names):
+    return "|".join(re.escape(name) for name in names) or "$^"
+
+
 def _names(section):
-    return "|".join(re.escape(name) for name in config[section])
+    return _alternatives(config[section])
+
+
+def _corruptions():
+    return _alternatives(sorted({c for ood in config["ood"].values() for c in ood["corruptions"]}))
 
 
 wildcard_constraints:
     model=_names("models"),
-    dataset=_names("datasets"),
+    dataset=_alternatives([*config["datasets"], *config["ood"]]),
+    ood=_names("ood"),
+    corruption=_corruptions(),
+    severity=r"[1-5]",
     method=_names("methods"),
     synthetic=_names("synthetic") or "$^",
     geometry=r"r\d+c\d+",
@@ -47,8 +66,22 @@ def model_spec(wildcards):
     return as_json(config["models"][wildcards.model])
 
 
+def clean_dataset(name):
+    """The config entry of a dataset, or of the clean dataset an out-of-distribution set corrupts."""
+    return config["datasets"][config["ood"][name]["dataset"] if name in config["ood"] else name]
+
+
 def dataset_spec(wildcards):
-    return as_json(config["datasets"][wildcards.dataset])
+    return as_json(dataset_spec_for(config, wildcards.dataset))
+
+
+def ood_spec(wildcards):
+    return as_json(ood_dataset_spec(config, wildcards.ood, wildcards.corruption, int(wildcards.severity)))
+
+
+def ood_checkpoint(wildcards):
+    clean = config["ood"][wildcards.ood]["dataset"]
+    return f"results/checkpoints/{wildcards.model}/{clean}/{wildcards.method}/checkpoint.pt"
 
 
 def method_spec(wildcards):
@@ -60,17 +93,25 @@ def train_split(wildcards):
 
 
 def test_split(wildcards):
-    return config["datasets"][wildcards.dataset]["test_split"]
+    return clean_dataset(wildcards.dataset)["test_split"]
+
+
+def ood_test_split(wildcards):
+    return clean_dataset(wildcards.ood)["test_split"]
 
 
 def generated_dataset(dataset):
     """The generated dataset's index when ``dataset`` is one of the workflow's synthetic ones."""
-    root = config["datasets"][dataset]["root"].rstrip("/")
+    root = clean_dataset(dataset)["root"].rstrip("/")
     return [f"{synthetic_root(name)}/samples.csv" for name in config["synthetic"] if root == synthetic_root(name)]
 
 
 def dataset_inputs(wildcards):
     return generated_dataset(wildcards.dataset)
+
+
+def ood_inputs(wildcards):
+    return generated_dataset(wildcards.ood)
 
 
 def model_inputs(wildcards):
@@ -113,13 +154,20 @@ def model_grid(model):
 
 
 def projections_for_cache(wildcards):
-    dataset = config["datasets"][wildcards.dataset]
-    return (f"results/masks/{wildcards.dataset}/{dataset['test_split']}-{model_geometry(wildcards.model)}"
+    """The test split's mask projections; an out-of-distribution set's are its own (same masks as its
+    clean dataset's, unless ImageNet-C's pre-crop frames them differently)."""
+    name = getattr(wildcards, "ood", None) or wildcards.dataset
+    return (f"results/masks/{name}/{clean_dataset(name)['test_split']}-{model_geometry(wildcards.model)}"
             f"-grid{model_grid(wildcards.model)}.zarr")
 
 
 def all_scores():
     return [f"results/scores/{model}/{dataset}/{method}.zarr" for model, dataset, method in run_triples(config)]
+
+
+def all_ood_scores():
+    return [f"results/scores/{model}/{ood}/{method}/{corruption}-s{severity}.zarr"
+            for model, ood, method, corruption, severity in ood_runs(config)]
 
 
 def train_launcher(wildcards):

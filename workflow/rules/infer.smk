@@ -3,6 +3,8 @@
 infer   checkpoint + dataset (test split) -> results/cache/{model}/{dataset}/{method}.zarr:
         logits (sample, class), label (sample), heatmap (sample, explainer, start_layer, gy, gx).
         Written batch by batch to <store>.partial, resumable, renamed when complete.
+infer_ood   the clean dataset's checkpoint + an out-of-distribution set at one (corruption, severity)
+        -> results/cache/{model}/{ood}/{method}/{corruption}-s{severity}.zarr (same sample ids).
 """
 
 
@@ -35,3 +37,35 @@ rule infer:
         " --explainers {params.explainers} --batch-size {params.batch_size} --device {params.device}"
         " --num-workers {params.num_workers} --precision {params.precision} --model-name {wildcards.model} --method-name {wildcards.method}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+rule infer_ood:
+    input:
+        ood_inputs,
+        model_inputs,
+        checkpoint=ood_checkpoint,
+    output:
+        directory("results/cache/{model}/{ood}/{method}/{corruption}-s{severity}.zarr"),
+    params:
+        dataset=ood_spec,
+        split=ood_test_split,
+        explainers=config["explainers"],
+        batch_size=config["infer"]["batch_size"],
+        device=config["infer"]["device"],
+        num_workers=config["infer"]["num_workers"],
+        precision=config["infer"]["precision"],
+    log:
+        "results/logs/infer/{model}/{ood}/{method}/{corruption}-s{severity}.log",
+    benchmark:
+        "results/benchmarks/infer/{model}/{ood}/{method}/{corruption}-s{severity}.tsv"
+    resources:
+        gpu=config["resources"]["gpu"],
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+    shell:
+        "rationality infer --checkpoint {input.checkpoint:q}"
+        " --dataset-name {wildcards.ood} --dataset {params.dataset:q} --split {params.split:q}"
+        " --corruption {wildcards.corruption} --severity {wildcards.severity}"
+        " --explainers {params.explainers} --batch-size {params.batch_size} --device {params.device}"
+        " --num-workers {params.num_workers} --precision {params.precision} --model-name {wildcards.model}"
+        " --method-name {wildcards.method} --out {output:q} > {log:q} 2>&1"

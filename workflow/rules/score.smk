@@ -5,6 +5,8 @@ project_masks   masks -> results/masks/{dataset}/{split}-{geometry}-grid{grid}.z
 score   cache + mask projections -> results/scores/{model}/{dataset}/{method}.zarr:
         rma and edge_case (sample, explainer, start_layer), label, prediction, correct (sample).
         Only the scoring options are params: a new threshold never re-runs it.
+score_ood   the same for results/cache/{model}/{ood}/{method}/{corruption}-s{severity}.zarr
+        -> results/scores/{model}/{ood}/{method}/{corruption}-s{severity}.zarr.
 """
 
 
@@ -37,6 +39,27 @@ rule score:
         "results/logs/score/{model}/{dataset}/{method}.log",
     benchmark:
         "results/benchmarks/score/{model}/{dataset}/{method}.tsv"
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "rationality score --cache {input.cache:q} --masks {input.masks:q}"
+        " --normalization {params.normalization} --out {output:q} > {log:q} 2>&1"
+
+
+rule score_ood:
+    input:
+        cache="results/cache/{model}/{ood}/{method}/{corruption}-s{severity}.zarr",
+        masks=projections_for_cache,
+    output:
+        directory("results/scores/{model}/{ood}/{method}/{corruption}-s{severity}.zarr"),
+    params:
+        normalization=config["scoring"]["normalization"],
+    log:
+        "results/logs/score/{model}/{ood}/{method}/{corruption}-s{severity}.log",
+    benchmark:
+        "results/benchmarks/score/{model}/{ood}/{method}/{corruption}-s{severity}.tsv"
     resources:
         gpu=0,
         mem_mb=4000,
