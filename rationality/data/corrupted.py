@@ -1,0 +1,101 @@
+"""Any dataset with one of ImageNet-C's corruptions applied on the fly (``reader: corrupted``).
+
+No on-disk layout of its own: it wraps the reader of the dataset at ``root``::
+
+    datasets:
+      cub-fog-3:
+        reader: corrupted
+        root: data/CUB_200_2011              # the base dataset's root
+        options:
+          base: {reader: cub, options: {}}   # the base reader and its options
+          corruption: fog                    # see rationality.data.corruptions.CORRUPTIONS
+          severity: 3                        # 1..5, or 0 for the clean image
+          seed: 0                            # default 0
+          pre_crop: [256, 224]               # optional
+
+Sample ids, labels, class names, splits, skipped images and masks are the base reader's, so a
+corrupted store joins a clean one on ids. Order of operations for an image: the base image, then
+the optional pre-crop (:class:`~rationality.data.geometry.PreCrop`, applied to the mask too), then
+the corruption, then (downstream) the model's geometry. With ``pre_crop: [256, 224]`` this is
+ImageNet-C's own order (Hendrycks et al. corrupted after Resize(256) + CenterCrop(224)); without it
+the corruption acts on the image at its original resolution. For ImageNet, putting ``pre_crop`` in
+the ``imagenet`` base options instead is equivalent; setting both is an error.
+
+Each image is corrupted by :func:`~rationality.data.corruptions.sample_rng` (``seed``, sample id):
+the same sample always gets the same corruption, in any order, process or run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from rationality.data._annotations import check_options
+from rationality.data.base import DatasetReader, Sample, create_dataset, register_dataset
+from rationality.data.corruptions import check_corruption, check_severity, corrupt, sample_rng
+from rationality.data.geometry import PreCrop
+from rationality.errors import ConfigError
+
+_OPTIONS = ("base", "corruption", "severity", "seed", "pre_crop")
+
+
+@register_dataset("corrupted")
+class CorruptedReader(DatasetReader):
+    """The base dataset with a corruption applied to every image (see the module docstring).
+
+    Args:
+        root: the base dataset's directory.
+        **options: ``base`` ({reader, options}), ``corruption``, ``severity``, ``seed``, ``pre_crop``.
+
+    Raises:
+        ConfigError: for a missing or invalid option; the base reader's errors as they are.
+    """
+
+    def __init__(self, root: str | Path, **options: Any) -> None:
+        super().__init__(root, **options)
+        check_options(self.root, options, _OPTIONS, "corrupted")
+        base = options.get("base")
+        if (not isinstance(base, dict) or set(base) - {"reader", "options"} or not isinstance(base.get("reader"), str)
+                or not isinstance(base.get("options", {}), dict)):
+            raise ConfigError(f"{self.root}: option base must be {{reader: <name>, options: {{...}}}}, got {base!r}")
+        base_options = base.get("options", {})
+        self.corruption = check_corruption(options.get("corruption"))
+        self.severity = check_severity(options.get("severity"), allow_clean=True)
+        self.seed = options.get("seed", 0)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"{self.root}: option seed must be an integer >= 0, got {self.seed!r}")
+        try:
+            self.pre_crop = PreCrop.from_option(options.get("pre_crop"), str(self.root))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.pre_crop is not None and base_options.get("pre_crop") is not None:
+            raise ConfigError(f"{self.root}: pre_crop is set both for the corrupted reader and its base reader; "
+                              "set it once")
+        self.base = create_dataset(base["reader"], self.root, **base_options)
+        self.skipped = self.base.skipped
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.base.class_names
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return self.base.splits
+
+    def samples(self, split: str) -> list[Sample]:
+        return self.base.samples(split)
+
+    def load_image(self, sample: Sample) -> Image.Image:
+        """The base image, pre-cropped if set, corrupted with the sample's own generator."""
+        image = self.base.load_image(sample)
+        if self.pre_crop is not None:
+            image = self.pre_crop.apply_image(image)
+        return corrupt(image, self.corruption, self.severity, sample_rng(self.seed, sample.id))
+
+    def load_mask(self, sample: Sample) -> np.ndarray:
+        """The base mask, pre-cropped if set: bool [H, W] of :meth:`load_image`'s image."""
+        mask = self.base.load_mask(sample)
+        return mask if self.pre_crop is None else self.pre_crop.apply_mask(mask)
