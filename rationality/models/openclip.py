@@ -20,6 +20,11 @@ Attention is recorded by swapping each image block's ``nn.MultiheadAttention`` f
 computes the same attention explicitly from the block's own ``in_proj`` / ``out_proj`` weights and
 keeps the post-softmax probabilities in the autograd graph (``need_weights=True`` would not: its
 fused path returns none, and its averaged weights are detached from the per-head computation).
+
+Optional capability (CoOp): :meth:`OpenClipAdapter.encode_text_with_context` embeds prompts whose
+first tokens are learned context vectors, for open_clip's ``CLIP`` class (ViT-B/32, ViT-B/16, the
+tiny config) with its BPE tokenizer, a causal text mask and EOT pooling; other text towers are
+refused with a ConfigError.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import open_clip
 import torch
@@ -39,6 +44,10 @@ from rationality.errors import ConfigError
 from rationality.models.base import ModelSpec, VisionLanguageAdapter, register_adapter
 
 open_clip.add_model_config(Path(__file__).parent / "configs")
+
+#: The word whose token fills the context slots of CoOp prompts until the context vectors replace it
+#: (CoOp's "X"; its value only has to differ from the EOT token the pooling looks for).
+CONTEXT_PLACEHOLDER = "X"
 
 
 def check_quick_gelu(name: str, pretrained: str | None, options: dict) -> None:
@@ -193,3 +202,96 @@ class OpenClipAdapter(VisionLanguageAdapter):
         finally:
             for block, original in zip(self._blocks, originals):
                 block.attn = original
+
+    # ----------------------------------------------------------------- learned context (CoOp)
+
+    def _context_text_tower(self) -> tuple[open_clip.model.CLIP, open_clip.tokenizer.SimpleTokenizer]:
+        """The model and tokenizer, checked to be what :meth:`encode_text_with_context` supports.
+
+        Raises:
+            ConfigError: another model class (``CustomTextCLIP``, CoCa), tokenizer, pooling or text mask.
+        """
+        model, tokenizer = self.model, self.tokenizer
+        if not isinstance(model, open_clip.model.CLIP):
+            raise ConfigError(f"learned text context needs open_clip's CLIP class; {self.spec.name!r} is "
+                              f"{type(model).__name__}")
+        if not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer) or tokenizer.reduction_fn is not None:
+            raise ConfigError(f"learned text context needs open_clip's BPE SimpleTokenizer without a reduction; "
+                              f"{self.spec.name!r} has {type(tokenizer).__name__}")
+        if model.text_pool_type not in ("argmax", "eos") or model.attn_mask is None:
+            raise ConfigError(f"learned text context needs a causal text tower pooled at the EOT token; "
+                              f"{self.spec.name!r} pools {model.text_pool_type!r}"
+                              f"{'' if model.attn_mask is not None else ' without a causal mask'}")
+        return model, tokenizer
+
+    @property
+    def context_width(self) -> int:
+        """W: the width of the text tower's token embeddings, and so of context vectors."""
+        return self._context_text_tower()[0].token_embedding.embedding_dim
+
+    def context_from_phrase(self, phrase: str) -> torch.Tensor:
+        """Token embeddings [n, W] of a phrase (no SOT/EOT): CoOp's context initialisation.
+
+        ``n`` is the phrase's number of BPE tokens (4 for ``"a photo of a"``); W the text width.
+        """
+        model, tokenizer = self._context_text_tower()
+        ids = tokenizer.encode(phrase)
+        if not ids:
+            raise ConfigError(f"context phrase {phrase!r} has no tokens")
+        with torch.no_grad():
+            return model.token_embedding(torch.tensor(ids, device=model.logit_scale.device)).detach().clone()
+
+    def context_prompt_ids(self, n_ctx: int, class_names: Sequence[str]) -> torch.Tensor:
+        """Token ids [C, L] of ``[SOT] X_1..X_n_ctx <class name>. [EOT]``, zero-padded.
+
+        The ``n_ctx`` placeholders stand for the context vectors. L is the longest prompt's length
+        (through its EOT), not the 77-token context: under the causal mask the tokens after the EOT do not
+        change its output, so this only saves work.
+
+        Raises:
+            ConfigError: a prompt longer than the model's text context (open_clip would cut it silently).
+        """
+        model, tokenizer = self._context_text_tower()
+        placeholder = tokenizer.encode(CONTEXT_PLACEHOLDER)[:1] * n_ctx
+        rows = [[tokenizer.sot_token_id, *placeholder, *tokenizer.encode(f"{name}."), tokenizer.eot_token_id]
+                for name in class_names]
+        longest = max(map(len, rows))
+        if longest > model.context_length:
+            name = class_names[max(range(len(rows)), key=lambda i: len(rows[i]))]
+            raise ConfigError(f"the prompt of class {name!r} with {n_ctx} context tokens has {longest} tokens, more "
+                              f"than the model's {model.context_length}")
+        ids = torch.zeros(len(rows), longest, dtype=torch.long)
+        for row, tokens in zip(ids, rows):
+            row[: len(tokens)] = torch.tensor(tokens)
+        return ids
+
+    def encode_text_with_context(self, context: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """Text embeddings [C, D] (not normalised) of prompts whose placeholders are ``context``.
+
+        The same computation as open_clip's ``CLIP.encode_text`` (token and positional embeddings, the
+        causal text transformer, final LayerNorm, pooling at the EOT, projection), with the token
+        embeddings at positions 1..n_ctx replaced by the context vectors.
+
+        Args:
+            context: [n_ctx, W] (one context for every class) or [C, n_ctx, W] (one per class).
+            prompt_ids: [C, L] from :meth:`context_prompt_ids` with the same ``n_ctx``.
+        """
+        model, _ = self._context_text_tower()
+        cast_dtype = model.transformer.get_cast_dtype()
+        prompt_ids = prompt_ids.to(model.logit_scale.device)
+        length = prompt_ids.shape[1]
+        tokens = model.token_embedding(prompt_ids).to(cast_dtype)  # [C, L, W]
+        context = context.to(cast_dtype)
+        if context.dim() == 2:
+            context = context.expand(len(prompt_ids), -1, -1)
+        x = torch.cat([tokens[:, :1], context, tokens[:, 1 + context.shape[1]:]], dim=1)
+        x = x + model.positional_embedding[:length].to(cast_dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = model.ln_final(x)
+        x = open_clip.transformer.text_global_pool(x, prompt_ids, model.text_pool_type,
+                                                   eos_token_id=getattr(model, "text_eos_id", None))
+        if model.text_projection is None:
+            return x
+        if isinstance(model.text_projection, nn.Linear):
+            return model.text_projection(x)
+        return x @ model.text_projection

@@ -1,0 +1,213 @@
+"""FLCP (FLYP): contrastive fine-tuning of both towers on (image, class prompt) pairs.
+
+Each image is paired with its class's prompt; the loss is CLIP's symmetric contrastive loss over the
+batch (the paper's code: L2-normalised features, cosine / 0.07, targets on the batch diagonal, mean of
+the image->text and text->image cross-entropies, every parameter trained with Adam at lr 1e-5). After
+training the method classifies zero-shot style: a :class:`PromptHead` of the fine-tuned text tower's
+class prompts, so heatmaps explain the image-text similarity logit.
+
+Works for every adapter through the contract (``encode_image``, ``encode_text``, ``logit_scale``):
+the parameters those reach are trained; the logit scale's own parameters only with ``learned_scale``;
+parameters the contract never uses (BLIP's ITM head and cross-attention, open_clip's ``logit_bias``)
+stay frozen, as DDP needs every trained parameter to receive a gradient.
+
+Under DDP the features of every process are gathered before the loss, so the negatives are the
+whole global batch and the gradients equal a single process's (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from rationality.data.loader import ImageDataset
+from rationality.errors import ConfigError
+from rationality.methods._training import Run, train_epochs, world
+from rationality.methods.base import TrainedMethod, register_method
+from rationality.models.base import VisionLanguageAdapter
+from rationality.models.heads import ImageClassifier, PromptHead
+
+HEAD_SCALES = ("model", "temperature")
+
+
+def clip_loss(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss; pair i (image i, text i) is the positive of row and column i.
+
+    Args:
+        logits: [N, N], image i's similarity logit to text j.
+        labels: [N] class labels to exclude same-class pairs (i != j) from the negatives in both
+            directions (their texts are the positive's duplicates); None keeps every pair (the paper).
+
+    Returns:
+        The mean of the image->text and text->image cross-entropies (a scalar).
+    """
+    targets = torch.arange(len(logits), device=logits.device)
+    if labels is not None:
+        duplicates = (labels[:, None] == labels[None, :]) & (targets[:, None] != targets[None, :])
+        logits = logits.masked_fill(duplicates, float("-inf"))
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+class _GatherRows(torch.autograd.Function):
+    """Every process's rows, concatenated in rank order; the gradient sums all processes' gradients.
+
+    Each process computes the same loss of the gathered rows, so the summed gradient of its own rows
+    is world-size times the full one; DDP's averaging then yields exactly a single process's gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, sizes: list[int]) -> torch.Tensor:  # type: ignore[override]
+        rank, _ = world()
+        ctx.own = (sum(sizes[:rank]), sizes[rank])
+        padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
+        padded[: len(rows)] = rows
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start, size = ctx.own
+        return grad[start : start + size], None
+
+
+def gather_batch(*rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every process's rows of each tensor (first dimension: this process's share of the batch), in
+    rank order, with gradients; the tensors themselves outside DDP."""
+    _, size = world()
+    if size == 1:
+        return rows
+    count = torch.tensor([len(rows[0])], device=rows[0].device)
+    counts = [torch.zeros_like(count) for _ in range(size)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    return tuple(_GatherRows.apply(r, sizes) for r in rows)
+
+
+class _PairEncoder(nn.Module):
+    """The adapter as FLCP trains it: one forward call per batch, so DDP sees every trained parameter.
+
+    Args:
+        adapter: the model (both towers).
+        prompts: one prompt per class.
+        temperature: the fixed temperature, or None for the adapter's own (trained) logit scale.
+    """
+
+    def __init__(self, adapter: VisionLanguageAdapter, prompts: list[str], temperature: float | None) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.prompts = prompts
+        self.temperature = temperature
+
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Normalised image [B, D] and batch-prompt [B, D] features (with gradients), the normalised
+        embeddings of all class prompts [C, D] (no gradient; for the logged accuracy) and the scale."""
+        image = F.normalize(self.adapter.encode_image(pixels), dim=-1)
+        text = F.normalize(self.adapter.encode_text([self.prompts[i] for i in labels.tolist()]), dim=-1)
+        with torch.no_grad():
+            classes = F.normalize(self.adapter.encode_text(self.prompts), dim=-1)
+        if self.temperature is None:
+            scale = self.adapter.logit_scale()
+        else:
+            scale = torch.tensor(1.0 / self.temperature, device=image.device)
+        return image, text, classes, scale
+
+
+def flcp_step(module: nn.Module, batch: list[torch.Tensor],
+              mask_same_class: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CLIP loss over the (global) batch; logits [B, C] over all class prompts for the logged accuracy."""
+    pixels, labels = batch[0], batch[1]
+    image, text, classes, scale = module(pixels, labels)
+    all_image, all_text, all_labels = gather_batch(image, text, labels)
+    loss = clip_loss((scale * all_image @ all_text.T).float(), all_labels if mask_same_class else None)
+    return loss, (scale * image @ classes.T).detach().float(), labels
+
+
+def contract_parameters(adapter: VisionLanguageAdapter, pixels: torch.Tensor, prompt: str,
+                        scale: bool) -> list[nn.Parameter]:
+    """The adapter's parameters that ``encode_image`` and ``encode_text`` (and, when ``scale``,
+    ``logit_scale``) reach, found by a small backward pass from one sample [1, 3, H, W] and one prompt.
+
+    Raises:
+        ConfigError: ``scale`` for a model whose logit scale reaches no parameter (BLIP).
+    """
+    parameters = list(adapter.parameters())
+    adapter.requires_grad_(True)
+    towers = adapter.encode_image(pixels).sum() + adapter.encode_text([prompt]).sum()
+    reached = {id(p) for p, grad in zip(parameters, torch.autograd.grad(towers, parameters, allow_unused=True))
+               if grad is not None}
+    if scale:
+        logit_scale = adapter.logit_scale()
+        grads = torch.autograd.grad(logit_scale, parameters, allow_unused=True) if logit_scale.requires_grad else ()
+        scale_parameters = {id(p) for p, grad in zip(parameters, grads) if grad is not None}
+        if not scale_parameters:
+            raise ConfigError(f"learned_scale: the logit scale of {adapter.spec.adapter} model {adapter.spec.name!r} is "
+                              f"not a trainable parameter (BLIP's is 1 / options.temperature); use a fixed temperature")
+        reached |= scale_parameters
+    return [p for p in parameters if id(p) in reached]
+
+
+@register_method("flcp")
+@dataclasses.dataclass
+class FLCP(TrainedMethod):
+    """Fine-tuning like CLIP pretraining (FLYP); heatmaps explain the image-text similarity logit.
+
+    Attributes:
+        temperature: the loss uses cosine / temperature (the paper: 0.07, fixed); ignored with
+            ``learned_scale``.
+        learned_scale: use the model's own logit scale in the loss and train it (open_clip's
+            ``logit_scale``, not clamped at 100 as in CLIP's pretraining; ALBEF's ``temp``, clamped
+            by the adapter; BLIP has none to train).
+        mask_same_class: exclude other same-class pairs of the batch from the negatives (the paper:
+            no; with few classes, most in-batch negatives are duplicates of the positive).
+        head_scale: the prompt head's scale after training, i.e. which logit heatmaps explain:
+            ``model``: the model's logit scale (CLIP: 100 for OpenAI's weights), what the paper's
+            heatmap code used (DESIGN §1); ``temperature``: 1 / temperature, the scale of the loss.
+            Predictions are the same; heatmaps are not (relevance is not scale invariant).
+
+    The logged accuracy is the class accuracy: each image against all class prompts embedded by the
+    current text tower (an extra forward pass of the C prompts per batch, without gradients).
+    """
+
+    paper_start_layer = "last"
+    trains_image_tower = True
+
+    lr: float = 1e-5
+    temperature: float = 0.07
+    learned_scale: bool = False
+    mask_same_class: bool = False
+    head_scale: str = "model"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.temperature <= 0:
+            raise ConfigError(f"flcp temperature must be positive, got {self.temperature}")
+        if self.head_scale not in HEAD_SCALES:
+            raise ConfigError(f"flcp head_scale must be one of {HEAD_SCALES}, got {self.head_scale!r}")
+        if self.head_scale == "temperature" and self.learned_scale:
+            raise ConfigError("flcp head_scale 'temperature' needs a fixed temperature; with learned_scale the "
+                              "model's scale is the trained one (head_scale: model)")
+
+    def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
+            run: Run) -> ImageClassifier:
+        prompts = self.prompts(class_names)
+        trained = contract_parameters(adapter, train[0][0][None].to(run.device), prompts[0], self.learned_scale)
+        adapter.requires_grad_(False)
+        for parameter in trained:
+            parameter.requires_grad_(True)
+        encoder = _PairEncoder(adapter, prompts, None if self.learned_scale else self.temperature).train()
+        step = functools.partial(flcp_step, mask_same_class=self.mask_same_class)
+        train_epochs(encoder, step, train, self, run, "FLCP")
+        adapter.requires_grad_(True).eval()
+        head = PromptHead.from_prompts(adapter, prompts)
+        if self.head_scale == "temperature":
+            head.scale.fill_(1.0 / self.temperature)
+        return ImageClassifier(adapter, head)
