@@ -253,3 +253,22 @@ def test_imagenet_c_skips_what_the_val_reader_skips(val_copy: Path, imagenet_c_r
     reader = _imagenet_c(imagenet_c_root, val_copy, missing_annotation="skip")
     assert [i for i, _ in reader.skipped] == [second.id]
     assert second.id not in [s.id for s in reader.samples("val")]
+
+
+def test_train_split_for_fine_tuning_has_labels_and_no_masks(tmp_path: Path) -> None:
+    write_imagenet_val(tmp_path)
+    assert create_dataset("imagenet", tmp_path, **SMALL).splits == ("val",)
+    for wnid, count in ((WNIDS[1], 2), (WNIDS[0], 3)):
+        (tmp_path / "train" / wnid).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (20, 30)).save(tmp_path / "train" / wnid / f"{wnid}_{i}.JPEG")
+    reader = create_dataset("imagenet", tmp_path, **SMALL)
+    assert reader.splits == ("val", "train") and reader.mask_splits == ("val",)
+    train = reader.samples("train")
+    assert [(s.id, s.label) for s in train] == [(f"{WNIDS[0]}_{i}", 0) for i in range(3)] + [
+        (f"{WNIDS[1]}_{i}", 1) for i in range(2)]
+    with pytest.raises(DataError, match="only val images have masks"):
+        reader.load_mask(train[0])
+    Image.new("RGB", (20, 30)).save(tmp_path / "train" / "loose.JPEG")
+    with pytest.raises(DataError, match="holds both images and folders"):
+        reader.samples("train")

@@ -57,6 +57,11 @@ class DatasetReader(abc.ABC):
         """Names of the splits this dataset has, e.g. ``("train", "test")``."""
 
     @property
+    def mask_splits(self) -> tuple[str, ...]:
+        """The splits whose samples have masks (all, unless a split is only for training)."""
+        return self.splits
+
+    @property
     @abc.abstractmethod
     def class_names(self) -> tuple[str, ...]:
         """Human-readable class names, indexed by label."""

@@ -19,8 +19,10 @@ Option ``boxes`` names the XML folder or the CSV; by default ``val_annotations/`
 default boxes; the official box tarball unpacks its XMLs into ``val/``, which also works as
 ``boxes: val`` next to class folders. Relative paths in options are relative to ``root``.
 
-* **Samples**: split ``val`` only (configure ``test_split: val``); sample id = image file stem
-  (``ILSVRC2012_val_00000001``), in sorted order, so both layouts give the same ids and order.
+* **Samples**: split ``val`` (configure ``test_split: val``); sample id = image file stem
+  (``ILSVRC2012_val_00000001``), in sorted order, so both layouts give the same ids and order. Split
+  ``train``, for fine-tuning only (no masks), when ``root/train/<wnid>/<id>.JPEG`` exists (option
+  ``train_images``); it is listed only when asked for, as it holds 1.28 million files.
 * **Labels**: index of the synset in the sorted list of the class-names file's synsets (the standard
   0..999). Option ``expect_classes`` (default 1000, null to accept any) guards against a partial list.
 * **Class names**: each synset's first lemma (``n01440764 tench, Tinca tinca`` -> ``tench``). When
@@ -60,6 +62,7 @@ from rationality.data.geometry import PreCrop
 from rationality.errors import ConfigError, DataError
 
 SPLIT = "val"
+TRAIN_SPLIT = "train"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 WNID = re.compile(r"n\d{8}")
 DEFAULT_CLASSES = 1000
@@ -71,6 +74,7 @@ _LAYOUT_HINT = (
 )
 OPTIONS = (
     "images", "boxes", "class_names_file", "expect_classes", "missing_annotation", "bounds_tolerance", "pre_crop",
+    "train_images",
 )
 
 
@@ -120,6 +124,7 @@ class ImageNetReader(DatasetReader):
         self._labels = {wnid: label for label, wnid in enumerate(self.wnids)}
         self._class_names = class_names(synsets)
         self._images = self._path(options.get("images", SPLIT), "images")
+        self._train_images = self._path(options.get("train_images", TRAIN_SPLIT), "train_images")
         self._samples, self._boxes = self._index(self._annotation_source(options.get("boxes")))
 
     @property
@@ -128,11 +133,21 @@ class ImageNetReader(DatasetReader):
 
     @property
     def splits(self) -> tuple[str, ...]:
+        return (SPLIT, TRAIN_SPLIT) if self._train_images.is_dir() else (SPLIT,)
+
+    @property
+    def mask_splits(self) -> tuple[str, ...]:
         return (SPLIT,)
 
     def samples(self, split: str) -> list[Sample]:
+        if split == TRAIN_SPLIT and self._train_images.is_dir():
+            images = scan_images(self._train_images, self._labels)
+            if any(wnid is None for _, wnid in images.values()):
+                raise DataError(f"{self._train_images}: training images must be in class folders <wnid>/<id>.JPEG")
+            return [Sample(sample_id, self._labels[wnid], path) for sample_id, (path, wnid) in sorted(images.items())]
         if split != SPLIT:
-            raise DataError(f"{self.root}: no split {split!r}; ImageNet has only {SPLIT!r} (set test_split: val)")
+            raise DataError(f"{self.root}: no split {split!r}; ImageNet has {list(self.splits)} (set test_split: "
+                            f"val; train needs {self._train_images}/<wnid>/<id>.JPEG)")
         return list(self._samples)
 
     def load_image(self, sample: Sample) -> Image.Image:
@@ -146,6 +161,9 @@ class ImageNetReader(DatasetReader):
         Raises:
             DataError: naming the annotation file if a box lies outside the image.
         """
+        if sample.id not in self._boxes:
+            raise DataError(f"{sample.image_path}: only val images have masks (boxes); the train split is for "
+                            "fine-tuning")
         annotation = self._boxes[sample.id]
         size = image_size(sample.image_path)
         boxes = annotation.boxes
