@@ -118,15 +118,19 @@ def world() -> tuple[int, int]:
 
 
 def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[list[int]]:
-    """This process's share of each global batch of one epoch's (seed, epoch)-seeded permutation."""
+    """This process's share of each global batch of one epoch's (seed, epoch)-seeded permutation.
+
+    Under DDP a last batch smaller than the number of processes is dropped: a process without a
+    share would skip the step the others wait for.
+    """
     rank, size = world()
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=generator).tolist()
     for start in range(0, n, batch_size):
         batch = order[start : start + batch_size]
-        share = batch[rank * len(batch) // size : (rank + 1) * len(batch) // size]
-        if share:
-            yield share
+        if len(batch) < size:
+            break
+        yield batch[rank * len(batch) // size : (rank + 1) * len(batch) // size]
 
 
 def _make_optimizer(parameters: list[nn.Parameter], options: TrainingOptions) -> torch.optim.Optimizer:
