@@ -77,7 +77,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
 
 
 def _check_ood(config: dict[str, Any], source: str) -> None:
-    from rationality.data.corruptions import CORRUPTIONS
+    from rationality.data.corruptions import CORRUPTIONS, IMAGENET_C_CORRUPTIONS
 
     for name, ood in config["ood"].items():
         problems = []
@@ -87,9 +87,10 @@ def _check_ood(config: dict[str, Any], source: str) -> None:
             problems.append(f"dataset {ood['dataset']!r} is not defined under datasets")
         if ood["source"] == "imagenet_c" and "root" not in ood:
             problems.append("source imagenet_c needs root (ImageNet-C's directory)")
-        unknown = [c for c in ood["corruptions"] if c not in CORRUPTIONS]
+        known = IMAGENET_C_CORRUPTIONS if ood["source"] == "imagenet_c" else CORRUPTIONS
+        unknown = [c for c in ood["corruptions"] if c not in known]
         if unknown:
-            problems.append(f"unknown corruptions {unknown}; known: {list(CORRUPTIONS)}")
+            problems.append(f"unknown corruptions {unknown} for source {ood['source']}; known: {list(known)}")
         if problems:
             raise ConfigError(f"{source} is invalid:\n  ood.{name}: " + "; ".join(problems))
 

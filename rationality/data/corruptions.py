@@ -366,3 +366,5 @@ _CORRUPTIONS: dict[str, tuple[Corruption, tuple[Any, ...]]] = {
 
 #: The corruptions :func:`corrupt` applies (ImageNet-C's 15 less ``frost``).
 CORRUPTIONS = tuple(_CORRUPTIONS)
+#: ImageNet-C's 15 corruptions, as its folders are named (all readable from disk).
+IMAGENET_C_CORRUPTIONS = (*CORRUPTIONS, "frost")
