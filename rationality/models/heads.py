@@ -2,9 +2,10 @@
 
 Which logit a heatmap explains (DESIGN §1.2) follows from the head alone:
 
-* :class:`PromptHead` (zero-shot, FLCP, CoOp, Tip-Adapter-F): ``logit_scale * cos(image, prompt_c)``,
+* :class:`PromptHead` (zero-shot, FLCP, CoOp): ``logit_scale * cos(image, prompt_c)``,
   the image-text similarity logit of class c;
-* :class:`LinearHead` (linear probe, full fine-tuning): the classification head's logit.
+* :class:`LinearHead` (linear probe, full fine-tuning): the classification head's logit;
+* :class:`TipAdapterHead` (Tip-Adapter-F): the similarity logit plus the cache model's term.
 
 A head is rebuilt from ``(kind, config, state_dict)`` by :func:`build_head`, so the GPU stage loads
 any method's checkpoint without knowing how the method trained it.
@@ -77,7 +78,70 @@ class LinearHead(nn.Module):
         return self.linear(features)
 
 
-_HEADS: dict[str, type[nn.Module]] = {PromptHead.kind: PromptHead, LinearHead.kind: LinearHead}
+class TipAdapterHead(nn.Module):
+    """Tip-Adapter-F's classifier: the zero-shot similarity logits plus a cache model of training features.
+
+    With f the L2-normalised image embedding, keys K [N, D], one-hot values V [N, C]::
+
+        logits = scale * f @ W.T + alpha * exp(-beta * (1 - f @ K.T)) @ V
+
+    The heatmap target is this full logit of the ground-truth class, not only its first
+    (image-text similarity) term: Tip-Adapter-F never changes the image tower or the text
+    classifier W, so the similarity term alone would give exactly the zero-shot heatmap, and the
+    fine-tuned keys, which are all that the method learns, would not show in the explanation.
+
+    Args:
+        num_classes: C.
+        dim: embedding width D.
+        num_cache: N, the number of cached training samples.
+    Attributes:
+        zero_shot: the fixed zero-shot :class:`PromptHead` (class embeddings W [C, D], scale).
+        keys: parameter [N, D], initialised to the normalised training embeddings (not re-normalised
+            when trained, as the original).
+    Buffers:
+        values: [N, C], one-hot labels of the cached samples.
+        alpha: scalar weight of the cache term (``alpha = 0`` is exactly the zero-shot head).
+        beta: scalar sharpness of the affinity.
+    """
+
+    kind = "tip_adapter"
+
+    def __init__(self, num_classes: int, dim: int, num_cache: int) -> None:
+        super().__init__()
+        self.zero_shot = PromptHead(num_classes, dim)
+        self.keys = nn.Parameter(torch.zeros(num_cache, dim))
+        self.register_buffer("values", torch.zeros(num_cache, num_classes))
+        self.register_buffer("alpha", torch.ones(()))
+        self.register_buffer("beta", torch.ones(()))
+
+    @classmethod
+    def from_cache(cls, zero_shot: PromptHead, features: torch.Tensor, labels: torch.Tensor, alpha: float,
+                   beta: float) -> "TipAdapterHead":
+        """The untrained head: keys = normalised ``features`` [N, D], values = one-hot ``labels`` [N].
+
+        The head is on ``zero_shot``'s device.
+        """
+        num_classes, dim = zero_shot.class_embeddings.shape
+        head = cls(num_classes, dim, features.shape[0]).to(zero_shot.class_embeddings.device)
+        with torch.no_grad():
+            head.zero_shot.load_state_dict(zero_shot.state_dict())
+            head.keys.copy_(F.normalize(features.float(), dim=-1))
+            head.values.copy_(F.one_hot(labels.long(), num_classes))
+            head.alpha.fill_(alpha)
+            head.beta.fill_(beta)
+        return head
+
+    def config(self) -> dict[str, Any]:
+        return {**self.zero_shot.config(), "num_cache": self.keys.shape[0]}
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] from image embeddings [B, D]."""
+        affinity = torch.exp(-self.beta * (1 - F.normalize(features, dim=-1) @ self.keys.T))  # [B, N]
+        return self.zero_shot(features) + self.alpha * affinity @ self.values
+
+
+_HEADS: dict[str, type[nn.Module]] = {PromptHead.kind: PromptHead, LinearHead.kind: LinearHead,
+                                      TipAdapterHead.kind: TipAdapterHead}
 
 
 def build_head(kind: str, config: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> nn.Module:
