@@ -57,6 +57,18 @@ def _cmd_masks(args: argparse.Namespace) -> None:
     print(f"wrote {build_mask_store(_dataset(args), args.split, Geometry.from_name(args.geometry), args.out)}")
 
 
+def _cmd_datasets_check(args: argparse.Namespace) -> int:
+    from rationality.config import load_config
+    from rationality.data.check import check_datasets, format_report
+
+    reports = check_datasets(load_config(args.config), images=args.images)
+    for report in reports:
+        print(format_report(report))
+    failed = [report.name for report in reports if report.problems]
+    print(f"checked {len(reports)} datasets: " + (f"problems in {', '.join(failed)}" if failed else "all OK"))
+    return 1 if failed else 0
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from rationality.pretrain import pretrain_image_text
 
@@ -113,10 +125,120 @@ def _cmd_rescore(args: argparse.Namespace) -> None:
 
 
 def _cmd_table(args: argparse.Namespace) -> None:
+    from rationality.report.layout import write_layout
+
     table = _table(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6f")
     print(f"wrote {args.out} ({len(table)} rows)")
+    for path in write_layout(table, csv=args.paper_csv, markdown=args.markdown, latex=args.latex, digits=args.digits):
+        print(f"wrote {path}")
+
+
+def _cmd_bootstrap(args: argparse.Namespace) -> None:
+    from rationality.report.bootstrap import bootstrap_table
+
+    table = bootstrap_table(args.scores, threshold=args.threshold, undefined=args.undefined, policies=args.policies,
+                            resamples=args.resamples, seed=args.seed, confidence=args.confidence)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False, float_format="%.6f")
+    print(f"wrote {args.out} ({len(table)} rows)")
+
+
+def _cmd_figure(args: argparse.Namespace) -> None:
+    from rationality.report.gallery import write_gallery
+    from rationality.report.ood import write_ood_figure
+    from rationality.report.sweeps import write_start_layer_figure, write_threshold_figure
+
+    if args.figure == "threshold":
+        write_threshold_figure(args.scores, args.out, policy=args.policy, undefined=args.undefined)
+    elif args.figure == "start-layer":
+        write_start_layer_figure(args.scores, args.out, threshold=args.threshold, undefined=args.undefined)
+    elif args.figure == "ood":
+        write_ood_figure(args.scores, args.out, explainer=args.explainer, policy=args.policy,
+                         threshold=args.threshold, undefined=args.undefined, per_corruption=args.per_corruption)
+    else:
+        ids = write_gallery(args.scores, args.cache, args.masks, args.out, selection=args.selection,
+                            count=args.samples, explainer=args.explainer, policy=args.policy,
+                            threshold=args.threshold, undefined=args.undefined)
+        print(f"samples: {', '.join(ids) or 'none'}")
+    print(f"wrote {args.out}")
+
+
+def _cmd_show(args: argparse.Namespace) -> None:
+    from rationality.report.gallery import write_show
+
+    out = args.out or f"show-{args.sample_id}.png"
+    write_show(args.sample_id, args.cache, args.masks, out, explainers=args.explainers, policies=args.policies,
+               normalization=args.normalization)
+    print(f"wrote {out}")
+
+
+def _add_report_commands(commands: argparse._SubParsersAction) -> None:
+    """The ``bootstrap``, ``figure`` and ``show`` subcommands: tables and figures from stores, no model run."""
+    from rationality.report.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
+    from rationality.report.gallery import DEFAULT_SAMPLES, SELECTIONS
+    from rationality.report.tables import START_LAYER_POLICIES
+    from rationality.scoring.metrics import DEFAULT_THRESHOLD, UNDEFINED_POLICIES
+    from rationality.scoring.rma import NORMALIZATIONS
+
+    def scoring_options(command: argparse.ArgumentParser, threshold: bool = True) -> None:
+        if threshold:
+            command.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+        command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
+                             help="how samples with undefined RMA count")
+
+    def heatmap_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--explainer", help="whose heatmaps (default: each store's first explainer)")
+        command.add_argument("--policy", choices=START_LAYER_POLICIES, default="paper", help="start-layer policy")
+
+    bootstrap = commands.add_parser("bootstrap", help="bootstrap confidence intervals of accuracy, PT and IR (CSV)")
+    bootstrap.add_argument("scores", nargs="+", help="scores stores (.zarr)")
+    scoring_options(bootstrap)
+    bootstrap.add_argument("--policies", nargs="+", choices=START_LAYER_POLICIES,
+                           default=list(START_LAYER_POLICIES), help="start-layer policies")
+    bootstrap.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES)
+    bootstrap.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    bootstrap.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
+    bootstrap.add_argument("--out", required=True, help="CSV to write")
+    bootstrap.set_defaults(run=_cmd_bootstrap)
+
+    figure = commands.add_parser("figure", help="a figure (PNG) from scores stores")
+    kinds = figure.add_subparsers(dest="figure", required=True)
+    threshold = kinds.add_parser("threshold", help="PT and IR over the RMA threshold, per method")
+    threshold.add_argument("--policy", choices=START_LAYER_POLICIES, default="paper", help="start-layer policy")
+    scoring_options(threshold, threshold=False)
+    start_layer = kinds.add_parser("start-layer", help="PT and IR by start layer, per method")
+    scoring_options(start_layer)
+    ood = kinds.add_parser("ood", help="accuracy, PT and IR against corruption severity, per method")
+    heatmap_options(ood)
+    scoring_options(ood)
+    ood.add_argument("--per-corruption", action="store_true", help="one row per corruption instead of their mean")
+    for command in (threshold, start_layer, ood):
+        command.add_argument("scores", nargs="+", help="scores stores (.zarr)")
+    gallery = kinds.add_parser("gallery", help="heatmaps of the same samples across methods")
+    gallery.add_argument("--scores", nargs="+", required=True, help="scores stores of one model and dataset")
+    gallery.add_argument("--cache", nargs="+", required=True, help="their cache stores (paired by model, method)")
+    gallery.add_argument("--masks", required=True, help="the mask store of their dataset and geometry")
+    gallery.add_argument("--selection", choices=SELECTIONS, default="all_correct",
+                         help="all_correct: right under every method; changed: quadrant differs from zero-shot")
+    gallery.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="at most this many samples")
+    heatmap_options(gallery)
+    scoring_options(gallery)
+    for command in (threshold, start_layer, ood, gallery):
+        command.add_argument("--out", required=True, help="PNG to write")
+    figure.set_defaults(run=_cmd_figure)
+
+    show = commands.add_parser("show", help="one sample's heatmaps across cache stores (PNG)")
+    show.add_argument("sample_id")
+    show.add_argument("--cache", nargs="+", required=True, help="cache stores (.zarr), one column each")
+    show.add_argument("--masks", required=True, help="mask store (.zarr) holding the sample")
+    show.add_argument("--explainers", nargs="+", help="rows' explainers (default: all)")
+    show.add_argument("--policies", nargs="+", choices=START_LAYER_POLICIES, default=list(START_LAYER_POLICIES),
+                      help="rows' start-layer policies")
+    show.add_argument("--normalization", choices=NORMALIZATIONS, default="minmax", help="for the RMA captions")
+    show.add_argument("--out", help="PNG to write (default: show-<sample id>.png)")
+    show.set_defaults(run=_cmd_show)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,9 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     masks = commands.add_parser("masks", help="write a split's masks in a model-input geometry")
     dataset_options(masks, "split to transform")
-    masks.add_argument("--geometry", required=True, help="r<resize>c<crop>, e.g. r224c224")
+    masks.add_argument("--geometry", required=True,
+                       help="r<resize>c<crop> (e.g. r224c224), optionally after a pre-crop: p256c224-r224c224")
     masks.add_argument("--out", required=True, help="mask store (.zarr) to write")
     masks.set_defaults(run=_cmd_masks)
+
+    datasets = commands.add_parser("datasets", help="inspect the datasets of a config")
+    datasets_commands = datasets.add_subparsers(dest="datasets_command", required=True)
+    check = datasets_commands.add_parser(
+        "check", help="open every configured dataset, count images per split and class, load every mask, "
+                      "report problems (exit status 1 if any)")
+    check.add_argument("config", help="config YAML (e.g. config/config.yaml)")
+    check.add_argument("--images", action="store_true", help="also decode every image (slow)")
+    check.set_defaults(run=_cmd_datasets_check)
 
     pretrain = commands.add_parser("pretrain", help="image-text pretraining of a small random model (demo)")
     pretrain.add_argument("--model", required=True, type=_spec("model", "--model"), help="model spec")
@@ -207,18 +339,23 @@ def build_parser() -> argparse.ArgumentParser:
                              default=list(START_LAYER_POLICIES), help="start-layer policies")
         if name == "table":
             command.add_argument("--out", required=True, help="CSV to write")
+            command.add_argument("--paper-csv", help="also write the paper-layout tables as CSV (marks in *_mark)")
+            command.add_argument("--markdown", help="also write them as Markdown")
+            command.add_argument("--latex", help="also write them as LaTeX (booktabs)")
+            command.add_argument("--digits", type=int, default=3, help="decimals shown (and compared for marks)")
         command.set_defaults(run=_cmd_rescore if name == "rescore" else _cmd_table)
+    _add_report_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)
     except RationalityError as exc:
         print(f"rationality {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

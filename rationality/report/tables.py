@@ -1,6 +1,8 @@
 """The PT / IR table from scores stores: thresholds and start-layer policies applied, no model run.
 
-One row per (model, dataset, method, explainer, start-layer policy). Policies:
+One row per (model, dataset, method, explainer, start-layer policy), with the store's corruption and
+severity (``none`` and 0 for clean data; the workflow's tables hold clean stores only, out-of-distribution
+stores go to the severity figures of :mod:`rationality.report.ood`). Policies:
 
 * ``paper``: the start layer the paper's code used for the method (last block for prompt-based
   methods, all blocks for head-based ones), recorded in each store;
@@ -15,7 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
+import xarray as xr
 
 from rationality import schema
 from rationality.errors import StoreError
@@ -23,14 +27,16 @@ from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rati
 
 START_LAYER_POLICIES: tuple[str, ...] = ("paper", "all_blocks", "last_block")
 TABLE_COLUMNS = [
-    "model", "dataset", "method", "method_kind", "explainer", "start_layer_policy", "start_layer",
-    "accuracy", "pt", "ir", "rr", "rw", "wr", "ww", "n", "n_undefined", "n_empty_mask", "n_excluded",
-    "threshold", "undefined_policy", "normalization",
+    "model", "dataset", "method", "method_kind", "corruption", "severity", "explainer", "start_layer_policy",
+    "start_layer", "accuracy", "pt", "ir", "rr", "rw", "wr", "ww", "n", "n_undefined", "n_empty_mask", "n_zero_sum_heatmap",
+    "n_non_finite_heatmap", "n_excluded", "threshold", "undefined_policy", "normalization",
 ]
+#: How tables and figures name the three metrics.
+METRIC_LABELS = {"accuracy": "accuracy", "pt": "PT", "ir": "IR"}
 
 
-def policy_start_layer(policy: str, scores: "xr.Dataset") -> int:  # noqa: F821
-    """The start layer a policy picks for one scores store."""
+def policy_start_layer(policy: str, scores: xr.Dataset) -> int:
+    """The start layer a policy picks for one scores (or cache) store."""
     n_layers = scores.sizes[schema.START_LAYER]
     if policy == "paper":
         return int(scores.attrs[schema.ATTR_PAPER_START_LAYER])
@@ -41,10 +47,8 @@ def policy_start_layer(policy: str, scores: "xr.Dataset") -> int:  # noqa: F821
     raise ValueError(f"start-layer policy must be one of {START_LAYER_POLICIES}, got {policy!r}")
 
 
-def rationality_table(score_paths: Sequence[str | Path], threshold: float = DEFAULT_THRESHOLD,
-                      undefined: UndefinedPolicy = "invalid",
-                      policies: Sequence[str] = START_LAYER_POLICIES) -> pd.DataFrame:
-    """Accuracy, quadrants, PT and IR of every scores store; columns :data:`TABLE_COLUMNS`.
+def open_scores(score_paths: Sequence[str | Path]) -> list[xr.Dataset]:
+    """Open scores stores that may share a table or a figure.
 
     Raises:
         StoreError: a store is missing or invalid, or stores were scored with different options.
@@ -54,8 +58,35 @@ def rationality_table(score_paths: Sequence[str | Path], threshold: float = DEFA
     if len(set(scoring.values())) > 1:
         raise StoreError("scores stores were made with different scoring options and cannot share a table: "
                          + "; ".join(f"{path}: {options}" for path, options in scoring.items()))
+    return [scores for _, scores in stores]
+
+
+def edge_case_counts(edge_case: np.ndarray) -> dict[str, int]:
+    """``n_<edge case>`` for every undefined-RMA reason of :class:`~rationality.schema.EdgeCase` ([n] codes)."""
+    counts = np.bincount(np.asarray(edge_case, dtype=np.int64).ravel(), minlength=len(schema.EdgeCase))
+    return {f"n_{case.name.lower()}": int(counts[case]) for case in schema.EdgeCase if case != schema.EdgeCase.OK}
+
+
+def row_key(scores: xr.Dataset, explainer: str, policy: str) -> dict[str, object]:
+    """The columns that say which result a row is, ``model`` to ``start_layer``, for one (store, explainer, policy)."""
+    return {
+        "model": scores.attrs[schema.ATTR_MODEL], "dataset": scores.attrs[schema.ATTR_DATASET],
+        "method": scores.attrs[schema.ATTR_METHOD], "method_kind": scores.attrs[schema.ATTR_METHOD_KIND],
+        "corruption": scores.attrs[schema.ATTR_CORRUPTION], "severity": int(scores.attrs[schema.ATTR_SEVERITY]),
+        "explainer": explainer, "start_layer_policy": policy, "start_layer": policy_start_layer(policy, scores),
+    }
+
+
+def rationality_table(score_paths: Sequence[str | Path], threshold: float = DEFAULT_THRESHOLD,
+                      undefined: UndefinedPolicy = "invalid",
+                      policies: Sequence[str] = START_LAYER_POLICIES) -> pd.DataFrame:
+    """Accuracy, quadrants, PT, IR and edge-case counts of every scores store; columns :data:`TABLE_COLUMNS`.
+
+    Raises:
+        StoreError: a store is missing or invalid, or stores were scored with different options.
+    """
     rows = []
-    for path, scores in stores:
+    for scores in open_scores(score_paths):
         rma = scores[schema.RMA].values
         edge = scores[schema.EDGE_CASE].values
         correct = scores[schema.CORRECT].values
@@ -65,10 +96,8 @@ def rationality_table(score_paths: Sequence[str | Path], threshold: float = DEFA
             for e, explainer in enumerate(explainers):
                 metrics = rationality_metrics(rma[:, e, layer], edge[:, e, layer], correct, threshold, undefined)
                 rows.append({
-                    "model": scores.attrs[schema.ATTR_MODEL], "dataset": scores.attrs[schema.ATTR_DATASET],
-                    "method": scores.attrs[schema.ATTR_METHOD], "method_kind": scores.attrs[schema.ATTR_METHOD_KIND],
-                    "explainer": explainer, "start_layer_policy": policy, "start_layer": layer,
-                    **metrics.to_dict(), "threshold": threshold, "undefined_policy": undefined,
+                    **row_key(scores, explainer, policy), **metrics.to_dict(), **edge_case_counts(edge[:, e, layer]),
+                    "threshold": threshold, "undefined_policy": undefined,
                     "normalization": schema.json_attr(scores, schema.ATTR_SCORING)["normalization"],
                 })
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)

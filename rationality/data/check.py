@@ -1,0 +1,160 @@
+"""``rationality datasets check``: read every configured dataset once and report what is wrong.
+
+For each dataset of a config: can its reader open it, how many images each split and class has,
+what fraction of each image its mask covers (in the original image frame, i.e. what the reader
+serves, before any model geometry), and every problem met on the way. A problem in one dataset or
+one image never stops the others from being checked.
+
+Problems (they make the check fail): the reader cannot open the dataset, a split cannot be listed,
+a mask (or, with ``images``, an image) cannot be loaded, a mask that is not 2-D bool or (with
+``images``) not of its image's size. Reported without failing: images the reader skipped under
+``missing_annotation: skip`` (the config asked for that), empty masks, classes without images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from rationality.data.base import DatasetReader, create_dataset
+from rationality.errors import RationalityError
+
+#: Problems and skipped images listed per dataset; the rest are counted.
+SHOWN = 10
+
+
+@dataclass
+class SplitSummary:
+    """What one split holds.
+
+    Attributes:
+        name: the split.
+        class_counts: int [n_classes], images per label.
+        mask_fractions: float [n_loaded], object pixels / all pixels, per image whose mask loaded.
+    """
+
+    name: str
+    class_counts: np.ndarray
+    mask_fractions: np.ndarray
+
+
+@dataclass
+class DatasetReport:
+    """The outcome of checking one dataset; ``problems`` empty means it passed."""
+
+    name: str
+    spec: dict[str, Any]
+    class_names: tuple[str, ...] = ()
+    splits: list[SplitSummary] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def check_datasets(config: dict[str, Any], images: bool = False) -> list[DatasetReport]:
+    """Check every dataset under the config's ``datasets``, in config order.
+
+    Args:
+        config: a validated config (:func:`rationality.config.load_config`).
+        images: also decode every image (slow; catches truncated files).
+    """
+    from rationality.config import run_triples
+
+    trained_on = {dataset for _, dataset, method in run_triples(config)
+                  if config["methods"][method]["kind"] != "zero_shot"}
+    return [check_dataset(name, spec, images, needs_train_split=name in trained_on)
+            for name, spec in config["datasets"].items()]
+
+
+def check_dataset(name: str, spec: dict[str, Any], images: bool = False,
+                  needs_train_split: bool = False) -> DatasetReport:
+    """Open one dataset spec ``{reader, root, options}`` and load every mask of every split.
+
+    Its ``test_split`` (and ``train_split`` when a run trains on it) must be splits of the dataset.
+    """
+    report = DatasetReport(name, spec)
+    try:
+        reader = create_dataset(spec["reader"], spec["root"], **spec.get("options", {}))
+        report.class_names = reader.class_names
+        splits = reader.splits
+    except RationalityError as exc:
+        report.problems.append(str(exc))
+        return report
+    for role in ("train_split", "test_split") if needs_train_split else ("test_split",):
+        if role in spec and spec[role] not in splits:
+            report.problems.append(f"{role} {spec[role]!r} is not a split of {spec['root']} (it has {list(splits)})")
+    for split in splits:
+        summary = _check_split(name, reader, split, images, report.problems)
+        if summary is not None:
+            report.splits.append(summary)
+    report.skipped = list(reader.skipped)
+    return report
+
+
+def _check_split(
+    name: str, reader: DatasetReader, split: str, images: bool, problems: list[str]
+) -> SplitSummary | None:
+    """Count one split's images per class and load its masks; appends what fails to ``problems``."""
+    try:
+        samples = reader.samples(split)
+    except RationalityError as exc:
+        problems.append(f"split {split}: {exc}")
+        return None
+    counts = np.bincount([s.label for s in samples], minlength=len(reader.class_names))
+    fractions = []
+    if split not in reader.mask_splits:  # a training-only split: counted, no masks to load
+        return SplitSummary(split, counts, np.array(fractions, dtype=np.float64))
+    for sample in tqdm(samples, desc=f"check {name}/{split}", unit="image", leave=False):
+        try:
+            mask = reader.load_mask(sample)
+            if mask.dtype != bool or mask.ndim != 2:
+                raise ValueError(f"mask must be bool [H, W], got {mask.dtype} of shape {mask.shape}")
+            if images:
+                size = reader.load_image(sample).size
+                if size != (mask.shape[1], mask.shape[0]):
+                    raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {size[0]}x{size[1]}")
+        except (RationalityError, ValueError) as exc:
+            problems.append(f"{split}/{sample.id}: {exc}")
+            continue
+        fractions.append(mask.mean())
+    return SplitSummary(split, counts, np.array(fractions, dtype=np.float64))
+
+
+def format_report(report: DatasetReport) -> str:
+    """The report as indented text lines (no trailing newline)."""
+    spec = report.spec
+    lines = [f"{report.name}: reader {spec['reader']}, root {spec['root']}"]
+    if report.class_names:
+        lines.append(f"  {len(report.class_names)} classes; images per split: "
+                     + ", ".join(f"{s.name} {int(s.class_counts.sum())}" for s in report.splits))
+        width = max(len(name) for name in report.class_names)
+        lines.append(f"    {'class':<{width}}" + "".join(f"  {s.name:>8}" for s in report.splits))
+        for label, class_name in enumerate(report.class_names):
+            lines.append(f"    {class_name:<{width}}" + "".join(f"  {int(s.class_counts[label]):>8d}"
+                                                             for s in report.splits))
+    for split in report.splits:
+        lines.append(f"  {split.name}: {_fraction_summary(split.mask_fractions)}")
+        empty_classes = [report.class_names[i] for i in np.flatnonzero(split.class_counts == 0)]
+        if empty_classes:
+            lines.append(f"  {split.name}: {len(empty_classes)} classes without images: "
+                         + ", ".join(empty_classes[:SHOWN]) + (", ..." if len(empty_classes) > SHOWN else ""))
+    if report.skipped:
+        lines.append(f"  skipped {len(report.skipped)} images (missing_annotation: skip):")
+        lines += [f"    {sample_id}: {reason}" for sample_id, reason in report.skipped[:SHOWN]]
+        lines += [f"    ... and {len(report.skipped) - SHOWN} more"] if len(report.skipped) > SHOWN else []
+    if report.problems:
+        lines.append(f"  PROBLEMS ({len(report.problems)}):")
+        lines += [f"    {problem}" for problem in report.problems[:SHOWN]]
+        lines += [f"    ... and {len(report.problems) - SHOWN} more"] if len(report.problems) > SHOWN else []
+    else:
+        lines.append("  OK")
+    return "\n".join(lines)
+
+
+def _fraction_summary(fractions: np.ndarray) -> str:
+    if not len(fractions):
+        return "no masks loaded"
+    return (f"mask area fraction min {fractions.min():.4f}, median {np.median(fractions):.4f}, "
+            f"max {fractions.max():.4f}; empty masks {int((fractions == 0).sum())} of {len(fractions)}")

@@ -1,0 +1,145 @@
+"""Bootstrap confidence intervals of accuracy, PT and IR.
+
+Samples are resampled with replacement (n of n, ``resamples`` times, a fixed seed) and each
+statistic is recomputed per resample; the interval is the percentile interval, the
+((1 - confidence) / 2, (1 + confidence) / 2) quantiles of the resampled statistics (NaN resamples,
+e.g. PT of a resample without a correct prediction, are left out; an interval is NaN when all are).
+
+Vectorised over resamples: a resample is a vector of per-sample multiplicities w [n] (how often
+each sample was drawn), and every count the statistics need is a dot product of w with a one-hot
+matrix of the samples' :class:`~rationality.report.outcomes.Outcome` codes, so a block of resamples
+is one matrix product [b, n] @ [n, 6K] for all K (explainer, start layer) columns of a store at once.
+Resamples are drawn in blocks of about 4M indices, which bounds memory at any n.
+
+Every store is resampled with the same seed: stores of one dataset (same n) share their resamples,
+so intervals of methods on the same dataset come from paired resamples.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from rationality import schema
+from rationality.report.outcomes import Outcome, outcome_codes
+from rationality.report.tables import START_LAYER_POLICIES, open_scores, policy_start_layer, row_key
+from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
+
+DEFAULT_RESAMPLES = 1000
+DEFAULT_SEED = 0
+DEFAULT_CONFIDENCE = 0.95
+#: The statistics, in the order of the last axis of :func:`statistics_from_counts`.
+STATISTICS: tuple[str, ...] = ("accuracy", "pt", "ir")
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def resample_indices(n: int, resamples: int, seed: int = DEFAULT_SEED,
+                     block_elements: int = _BLOCK_ELEMENTS) -> Iterator[np.ndarray]:
+    """The bootstrap resamples of n samples, in blocks.
+
+    Yields:
+        int64 [b, n] sample indices drawn with replacement, b <= max(1, block_elements // n);
+        ``resamples`` rows in all, the same for the same (n, resamples, seed, block_elements).
+    """
+    rng = np.random.default_rng(seed)
+    per_block = max(1, block_elements // max(n, 1))
+    for start in range(0, resamples, per_block):
+        yield rng.integers(0, n, size=(min(per_block, resamples - start), n))
+
+
+def resample_counts(codes: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """How many samples of each outcome every resample holds.
+
+    Args:
+        codes: [n, K] :class:`Outcome` codes (K columns, e.g. explainer x start layer).
+        indices: [b, n] resampled sample indices.
+
+    Returns:
+        int64 [b, K, len(Outcome)].
+    """
+    n, columns = codes.shape
+    blocks = indices.shape[0]
+    offsets = (np.arange(blocks, dtype=np.int64) * n)[:, None]
+    weights = np.bincount((indices + offsets).ravel(), minlength=blocks * n).reshape(blocks, n)
+    one_hot = (codes[:, :, None] == np.arange(len(Outcome))).reshape(n, columns * len(Outcome))
+    counts = weights.astype(np.float64) @ one_hot.astype(np.float64)  # exact: integers below 2**53
+    return np.rint(counts).astype(np.int64).reshape(blocks, columns, len(Outcome))
+
+
+def statistics_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Accuracy, PT and IR from outcome counts [..., len(Outcome)]: float64 [..., 3], NaN for 0/0."""
+    rr, rw, wr = counts[..., Outcome.RR], counts[..., Outcome.RW], counts[..., Outcome.WR]
+    right = rr + rw + counts[..., Outcome.EXCLUDED_RIGHT]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.stack([right / counts.sum(axis=-1), rr / (rr + rw), rr / (rr + wr)], axis=-1).astype(np.float64)
+
+
+def bootstrap_distribution(codes: np.ndarray, resamples: int = DEFAULT_RESAMPLES,
+                           seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Accuracy, PT and IR of every bootstrap resample.
+
+    Args:
+        codes: [n, K] (or [n]) :class:`Outcome` codes of K columns sharing their samples.
+
+    Returns:
+        float64 [resamples, K, 3] (or [resamples, 3]), statistics in :data:`STATISTICS` order.
+    """
+    codes = np.asarray(codes)
+    flat = codes.reshape(len(codes), -1)
+    if len(flat) == 0:
+        return np.full((resamples, *codes.shape[1:], len(STATISTICS)), np.nan)
+    blocks = [statistics_from_counts(resample_counts(flat, indices))
+              for indices in resample_indices(len(flat), resamples, seed)]
+    distribution = np.concatenate(blocks, axis=0)
+    return distribution[:, 0] if codes.ndim == 1 else distribution
+
+
+def percentile_interval(distribution: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval over the first axis of ``distribution`` [B, ...]: (low [...], high [...])."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    tail = (1 - confidence) / 2
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="All-NaN slice", category=RuntimeWarning)
+        low, high = np.nanquantile(distribution, [tail, 1 - tail], axis=0)
+    return low, high
+
+
+def bootstrap_table(score_paths: Sequence[str | Path], threshold: float = DEFAULT_THRESHOLD,
+                    undefined: UndefinedPolicy = "invalid", policies: Sequence[str] = START_LAYER_POLICIES,
+                    resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                    confidence: float = DEFAULT_CONFIDENCE, progress: bool = True) -> pd.DataFrame:
+    """Point estimates and bootstrap intervals of accuracy, PT and IR for every scores store.
+
+    One row per (store, explainer, start-layer policy), keyed like
+    :func:`~rationality.report.tables.rationality_table`; columns ``<statistic>``, ``<statistic>_low``,
+    ``<statistic>_high`` for each of :data:`STATISTICS`, then ``n``, ``confidence``, ``resamples``,
+    ``seed``, ``threshold``, ``undefined_policy``.
+
+    Raises:
+        StoreError: a store is missing or invalid, or stores were scored with different options.
+    """
+    rows = []
+    for scores in tqdm(open_scores(score_paths), desc="bootstrap", unit="store", disable=not progress):
+        rma, edge = scores[schema.RMA].values, scores[schema.EDGE_CASE].values
+        correct = scores[schema.CORRECT].values
+        explainers = [str(e) for e in scores.coords[schema.EXPLAINER].values]
+        columns = [(policy, e, explainer) for policy in policies for e, explainer in enumerate(explainers)]
+        layers = [policy_start_layer(policy, scores) for policy, _, _ in columns]
+        codes = np.stack([outcome_codes(rma[:, e, layer], edge[:, e, layer], correct, threshold, undefined)
+                          for (_, e, _), layer in zip(columns, layers)], axis=1)
+        low, high = percentile_interval(bootstrap_distribution(codes, resamples, seed), confidence)
+        for k, ((policy, e, explainer), layer) in enumerate(zip(columns, layers)):
+            point = rationality_metrics(rma[:, e, layer], edge[:, e, layer], correct, threshold, undefined).to_dict()
+            intervals = {}
+            for s, name in enumerate(STATISTICS):
+                intervals.update({name: point[name], f"{name}_low": low[k, s], f"{name}_high": high[k, s]})
+            rows.append({**row_key(scores, explainer, policy), **intervals, "n": len(correct),
+                         "confidence": confidence, "resamples": resamples, "seed": seed, "threshold": threshold,
+                         "undefined_policy": undefined})
+    return pd.DataFrame(rows)

@@ -1,0 +1,123 @@
+"""``rationality datasets check`` on the synthetic and ImageNet fixtures, healthy and broken."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from rationality.cli import main
+from rationality.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
+from tests.conftest import SYNTHETIC_COUNTS, TINY_MODEL
+from tests.fixture_trees_imagenet import CLASS_NAMES, planted_images, write_imagenet_val
+
+
+@pytest.fixture
+def imagenet_root(tmp_path: Path) -> Path:
+    root = tmp_path / "imagenet"
+    write_imagenet_val(root)
+    return root
+
+
+def _config(path: Path, datasets: dict[str, Any]) -> str:
+    config = {"datasets": datasets, "models": {"tiny": TINY_MODEL}, "methods": {"zs": {"kind": "zero_shot"}},
+              "runs": {"models": ["tiny"], "datasets": list(datasets), "methods": ["zs"]}}
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _imagenet(root: Path, **options: Any) -> dict[str, Any]:
+    return {"reader": "imagenet", "root": str(root), "test_split": "val", "options": {"expect_classes": 5, **options}}
+
+
+def _section(output: str, name: str) -> str:
+    """The lines of one dataset's report."""
+    match = re.search(rf"^{name}: reader .*?(?=^\S|\Z)", output, flags=re.M | re.S)
+    assert match, output
+    return match.group(0)
+
+
+def _summary(fractions: list[float]) -> str:
+    return (f"mask area fraction min {min(fractions):.4f}, median {np.median(fractions):.4f}, "
+            f"max {max(fractions):.4f}; empty masks 0 of {len(fractions)}")
+
+
+def test_check_reports_counts_names_and_mask_areas(tmp_path: Path, synthetic_root: Path, imagenet_root: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path / "config.yaml", {
+        "synth": {"reader": "synthetic", "root": str(synthetic_root)}, "imnet": _imagenet(imagenet_root)})
+    assert main(["datasets", "check", config, "--images"]) == 0
+    output = capsys.readouterr().out
+    assert output.rstrip().endswith("checked 2 datasets: all OK")
+
+    synth = _section(output, "synth")
+    train, test = SYNTHETIC_COUNTS["train"], SYNTHETIC_COUNTS["test"]
+    assert f"4 classes; images per split: train {4 * train}, test {4 * test}" in synth
+    for name in SYNTHETIC_CLASSES:
+        assert re.search(rf"^ +{name} +{train} +{test}$", synth, flags=re.M), synth
+    for split in ("train", "test"):
+        fractions = [float(np.mean(np.asarray(Image.open(path)) >= 128))
+                     for path in sorted((synthetic_root / "masks").glob(f"{split}-*.png"))]
+        assert f"{split}: {_summary(fractions)}" in synth
+    assert synth.rstrip().endswith("OK")
+
+    imnet = _section(output, "imnet")
+    assert "5 classes; images per split: val 10" in imnet
+    for name in CLASS_NAMES:
+        assert re.search(rf"^ +{re.escape(name)} +2$", imnet, flags=re.M), imnet
+    planted = [image.area / (image.size[0] * image.size[1]) for image in planted_images()]
+    assert f"val: {_summary(planted)}" in imnet
+
+
+def test_check_reports_every_broken_dataset(tmp_path: Path, synthetic_root: Path, imagenet_root: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    first, second, third = planted_images()[:3]
+    xml = imagenet_root / "val_annotations" / f"{first.id}.xml"
+    xml.write_text(xml.read_text().replace(f"<xmax>{first.boxes[0][2]}</xmax>", "<xmax>500</xmax>"))
+    (imagenet_root / "val_annotations" / f"{second.id}.xml").unlink()
+    jpeg = imagenet_root / "val" / third.wnid / f"{third.id}.JPEG"
+    jpeg.write_bytes(jpeg.read_bytes()[:-300])  # header intact: its mask loads, its pixels do not
+    config = _config(tmp_path / "config.yaml", {
+        "gone": {"reader": "synthetic", "root": str(tmp_path / "nowhere")},
+        "imnet": _imagenet(imagenet_root, missing_annotation="skip"),
+        "strict": _imagenet(imagenet_root),
+        "synth": {"reader": "synthetic", "root": str(synthetic_root)},
+    })
+    assert main(["datasets", "check", config]) == 1
+    output = capsys.readouterr().out
+    assert output.rstrip().endswith("checked 4 datasets: problems in gone, imnet, strict")
+    assert "nowhere: dataset directory does not exist" in _section(output, "gone")
+
+    imnet = _section(output, "imnet")
+    assert "5 classes; images per split: val 9" in imnet
+    assert f"skipped 1 images (missing_annotation: skip):\n    {second.id}: no annotation in " in imnet
+    assert "PROBLEMS (1):" in imnet and f"val/{first.id}: " in imnet and "beyond its 67x45 image" in imnet
+    assert f"1 ({second.id}) images have no annotation" in _section(output, "strict")
+    assert _section(output, "synth").rstrip().endswith("OK")
+
+    assert main(["datasets", "check", config, "--images"]) == 1
+    imnet = _section(capsys.readouterr().out, "imnet")
+    assert "PROBLEMS (2):" in imnet and f"val/{third.id}: " in imnet and "truncated" in imnet
+
+
+def test_check_of_an_invalid_config_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: {}\n")
+    assert main(["datasets", "check", str(bad)]) == 2
+    assert "rationality datasets: error:" in capsys.readouterr().err
+
+
+def test_configured_splits_must_exist(tmp_path: Path, imagenet_root: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "config.yaml"
+    config = yaml.safe_load(_config(path, {"imnet": _imagenet(imagenet_root)}) and path.read_text())
+    assert main(["datasets", "check", str(path)]) == 0  # zero-shot only: no training split needed
+    config["methods"]["lp"] = {"kind": "linear_probe"}
+    config["runs"]["methods"] = ["zs", "lp"]
+    path.write_text(yaml.safe_dump(config))
+    assert main(["datasets", "check", str(path)]) == 1
+    assert "train_split 'train' is not a split" in capsys.readouterr().out

@@ -1,0 +1,178 @@
+"""Figures, from scores stores (galleries also from cache and mask stores): no model runs.
+
+threshold_figure    scores of (model, dataset) -> results/figures/threshold_{model}_{dataset}.png:
+                    PT and IR over the RMA threshold in [0, 1], per method (no threshold param)
+start_layer_figure  the same -> results/figures/start_layer_{model}_{dataset}.png: PT and IR by
+                    start layer, per method, at the configured threshold
+gallery             scores + caches + mask store of (model, dataset), and the dataset's images ->
+                    results/figures/gallery_{model}_{dataset}.png: heatmaps of samples every method
+                    got right (the paper's Figure 3)
+gallery_changed     the same -> results/figures/gallery_{model}_{dataset}_changed.png: samples whose
+                    quadrant changed from zero-shot to a fine-tuned method
+ood_figure          clean and out-of-distribution scores of a model -> results/figures/ood_{model}.png:
+                    accuracy, PT and IR against corruption severity (the paper's Figure 4)
+tables_and_figures  every table and figure of the grid: `snakemake --cores 8 tables_and_figures`,
+                    then `snakemake --report results/report.html tables_and_figures`
+"""
+
+GALLERY_SAMPLES = 6
+
+
+report: "../report/workflow.rst"
+
+
+def run_scores(wildcards):
+    """The scores stores of every method run on (model, dataset)."""
+    return [f"results/scores/{model}/{dataset}/{method}.zarr" for model, dataset, method in run_triples(config)
+            if (model, dataset) == (wildcards.model, wildcards.dataset)]
+
+
+def run_caches(wildcards):
+    """The cache stores of every method run on (model, dataset), in the order of :func:`run_scores`."""
+    return [f"results/cache/{model}/{dataset}/{method}.zarr" for model, dataset, method in run_triples(config)
+            if (model, dataset) == (wildcards.model, wildcards.dataset)]
+
+
+def run_masks(wildcards):
+    """The mask store of the dataset's test split in the model's geometry."""
+    split = config["datasets"][wildcards.dataset]["test_split"]
+    return f"results/masks/{wildcards.dataset}/{split}-{model_geometry(wildcards.model)}.zarr"
+
+
+def ood_figure_scores(wildcards):
+    """A model's out-of-distribution scores stores and the clean ones they are compared with."""
+    clean_datasets = {ood["dataset"] for ood in config["ood"].values()}
+    clean = [f"results/scores/{model}/{dataset}/{method}.zarr" for model, dataset, method in run_triples(config)
+             if model == wildcards.model and dataset in clean_datasets]
+    shifted = [f"results/scores/{model}/{ood}/{method}/{corruption}-s{severity}.zarr"
+               for model, ood, method, corruption, severity in ood_runs(config) if model == wildcards.model]
+    return clean + shifted
+
+
+def all_figures():
+    """Every figure of the runs grid (galleries of changed samples where one method is zero-shot)."""
+    runs = {}
+    for model, dataset, method in run_triples(config):
+        runs.setdefault((model, dataset), []).append(config["methods"][method]["kind"])
+    figures = [f"results/figures/{kind}_{model}_{dataset}.png"
+               for model, dataset in runs for kind in ("threshold", "start_layer", "gallery")]
+    figures += [f"results/figures/gallery_{model}_{dataset}_changed.png" for (model, dataset), kinds in runs.items()
+                if kinds.count("zero_shot") == 1 and len(kinds) > 1]
+    figures += [f"results/figures/ood_{model}.png" for model in dict.fromkeys(run[0] for run in ood_runs(config))]
+    return figures
+
+
+rule threshold_figure:
+    input:
+        run_scores,
+    output:
+        report("results/figures/threshold_{model}_{dataset}.png", caption="../report/threshold.rst",
+               category="Figures", subcategory="Threshold sweeps", labels={"model": "{model}", "dataset": "{dataset}"}),
+    params:
+        undefined=config["undefined_policy"],
+    log:
+        "results/logs/figures/threshold_{model}_{dataset}.log",
+    benchmark:
+        "results/benchmarks/figures/threshold_{model}_{dataset}.tsv"
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "rationality figure threshold {input:q} --undefined {params.undefined} --out {output:q} > {log:q} 2>&1"
+
+
+rule start_layer_figure:
+    input:
+        run_scores,
+    output:
+        report("results/figures/start_layer_{model}_{dataset}.png", caption="../report/start_layer.rst",
+               category="Figures", subcategory="Start layers", labels={"model": "{model}", "dataset": "{dataset}"}),
+    params:
+        threshold=config["threshold"],
+        undefined=config["undefined_policy"],
+    log:
+        "results/logs/figures/start_layer_{model}_{dataset}.log",
+    benchmark:
+        "results/benchmarks/figures/start_layer_{model}_{dataset}.tsv"
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "rationality figure start-layer {input:q} --threshold {params.threshold} --undefined {params.undefined}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule gallery:
+    input:
+        dataset_inputs,
+        scores=run_scores,
+        caches=run_caches,
+        masks=run_masks,
+    output:
+        report("results/figures/gallery_{model}_{dataset}.png", caption="../report/gallery.rst",
+               category="Figures", subcategory="Heatmap galleries",
+               labels={"model": "{model}", "dataset": "{dataset}", "samples": "right under every method"}),
+    params:
+        selection="all_correct",
+        samples=GALLERY_SAMPLES,
+        threshold=config["threshold"],
+        undefined=config["undefined_policy"],
+    log:
+        "results/logs/figures/gallery_{model}_{dataset}.log",
+    benchmark:
+        "results/benchmarks/figures/gallery_{model}_{dataset}.tsv"
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "rationality figure gallery --scores {input.scores:q} --cache {input.caches:q} --masks {input.masks:q}"
+        " --selection {params.selection} --samples {params.samples} --threshold {params.threshold}"
+        " --undefined {params.undefined} --out {output:q} > {log:q} 2>&1"
+
+
+use rule gallery as gallery_changed with:
+    output:
+        report("results/figures/gallery_{model}_{dataset}_changed.png", caption="../report/gallery_changed.rst",
+               category="Figures", subcategory="Heatmap galleries",
+               labels={"model": "{model}", "dataset": "{dataset}", "samples": "quadrant changed from zero-shot"}),
+    params:
+        selection="changed",
+        samples=GALLERY_SAMPLES,
+        threshold=config["threshold"],
+        undefined=config["undefined_policy"],
+    log:
+        "results/logs/figures/gallery_{model}_{dataset}_changed.log",
+    benchmark:
+        "results/benchmarks/figures/gallery_{model}_{dataset}_changed.tsv"
+
+
+rule ood_figure:
+    input:
+        ood_figure_scores,
+    output:
+        report("results/figures/ood_{model}.png", caption="../report/ood.rst", category="Figures",
+               subcategory="Corruption severity", labels={"model": "{model}"}),
+    params:
+        threshold=config["threshold"],
+        undefined=config["undefined_policy"],
+    log:
+        "results/logs/figures/ood_{model}.log",
+    benchmark:
+        "results/benchmarks/figures/ood_{model}.tsv"
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "rationality figure ood {input:q} --threshold {params.threshold} --undefined {params.undefined}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule tables_and_figures:
+    input:
+        rules.pt_ir_table.output,
+        rules.bootstrap_table.output,
+        all_figures(),
