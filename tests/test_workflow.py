@@ -26,6 +26,8 @@ def tiny_config() -> dict:
     config["synthetic"]["demo"]["image_size"] = [48, 40]
     config["methods"]["lp"]["epochs"] = 2
     config["methods"]["ft"]["epochs"] = 1
+    config["runs"]["methods"] = ["zs", "lp", "ft"]  # the other methods have tests of their own
+    config["ood"]["demo-c"].update(corruptions=["fog"], severities=[3])
     return config
 
 
@@ -80,6 +82,61 @@ def test_new_threshold_reruns_only_the_table(finished_demo: Path) -> None:
     result = snakemake(finished_demo, "-n", "results/tables/pt_ir.csv", config=("threshold=0.6",))
     assert result.returncode == 0, result.stderr[-4000:]
     assert planned_jobs(result.stdout + result.stderr) == {"pt_ir_table": 1}
+
+
+@pytest.fixture(scope="module")
+def finished_report(finished_demo: Path) -> Path:
+    """The demo with every table and figure (made from its stores) and the Snakemake report of them."""
+    result = snakemake(finished_demo, "tables_and_figures")
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = snakemake(finished_demo, "--report", "results/report.html")  # the default target: everything
+    assert report.returncode == 0, report.stderr[-4000:]
+    return finished_demo
+
+
+def test_demo_tables_figures_and_report(finished_report: Path) -> None:
+    from PIL import Image
+
+    results = finished_report / "results"
+    paper = pd.read_csv(results / "tables" / "paper.csv")
+    assert set(paper.metric) == {"accuracy", "pt", "ir"} and set(paper.method) == {"zs", "lp", "ft"}
+    assert "### tiny-vit: accuracy" in (results / "tables" / "paper.md").read_text()
+    assert (results / "tables" / "paper.tex").read_text().count(r"\begin{table}") == 1 + 2 * 2 * 3
+    bootstrap = pd.read_csv(results / "tables" / "bootstrap.csv")
+    assert len(bootstrap) == 3 * 2 * 3 and (bootstrap.accuracy_low <= bootstrap.accuracy).all()
+    figures = ["threshold_tiny-vit_demo", "start_layer_tiny-vit_demo", "gallery_tiny-vit_demo",
+               "gallery_tiny-vit_demo_changed"]
+    for name in figures:
+        with Image.open(results / "figures" / f"{name}.png") as image:
+            assert image.format == "PNG" and min(image.size) >= 200
+        assert (results / "logs" / "figures" / f"{name}.log").is_file()
+        assert (results / "benchmarks" / "figures" / f"{name}.tsv").is_file()
+    html = (results / "report.html").read_text()
+    for caption in ("Prediction Trustworthiness", "Heatmaps of tiny-vit on demo", "RMA threshold 0.5"):
+        assert caption in html
+
+
+def test_new_threshold_reruns_tables_and_the_figures_that_show_it(finished_report: Path) -> None:
+    tables = ("results/tables/pt_ir.csv", "results/tables/paper.md", "results/tables/paper.tex",
+              "results/tables/bootstrap.csv", "results/figures/threshold_tiny-vit_demo.png")
+    result = snakemake(finished_report, "-n", *tables, config=("threshold=0.6",))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert planned_jobs(result.stdout + result.stderr) == {"pt_ir_table": 1, "bootstrap_table": 1}
+    result = snakemake(finished_report, "-n", "tables_and_figures", config=("threshold=0.6",))
+    assert planned_jobs(result.stdout + result.stderr) == {
+        "pt_ir_table": 1, "bootstrap_table": 1, "start_layer_figure": 1, "gallery": 1, "gallery_changed": 1,
+        "tables_and_figures": 1}
+    assert planned_jobs(snakemake(finished_report, "-n", "tables_and_figures").stdout) == {}
+
+
+def test_ood_figure_is_planned_from_clean_and_corrupted_scores(finished_demo: Path) -> None:
+    config = tiny_config()
+    config["ood"] = {"demo-c": {"dataset": "demo", "corruptions": ["fog", "contrast"], "severities": [1, 3]}}
+    (finished_demo / "config-ood.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(finished_demo, "-n", "results/figures/ood_tiny-vit.png", configfile="config-ood.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    jobs = planned_jobs(result.stdout + result.stderr)
+    assert jobs["ood_figure"] == 1 and jobs["score_ood"] == 3 * 2 * 2 and "score" not in jobs
 
 
 def test_new_normalization_reruns_scoring_not_the_model(finished_demo: Path) -> None:
@@ -141,3 +198,53 @@ def test_local_runs_schedule_one_gpu_job_at_a_time(finished_demo: Path) -> None:
         running.discard(finished)
         most = max(most, len(running))
     assert started == 3 and most == 1
+
+
+def test_paper_config_plans_the_full_grid_over_fixture_trees(tmp_path: Path) -> None:
+    """config/paper.yaml with its dataset roots on small fixture trees in the real formats: the
+    datasets check passes and a dry run plans 4 models x 4 datasets x ZS/LP/FLCP/FT + CoOp and
+    Tip-Adapter-F for the two CLIP models, and every out-of-distribution run."""
+    from PIL import Image
+
+    from rationality.config import ood_runs, validate_config
+    from tests.fixture_trees import make_caltech_tree, make_cub_tree, make_stanford_dogs_tree
+    from tests.fixture_trees_imagenet import WNIDS, write_imagenet_c, write_imagenet_val
+
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    trees = {"cub": make_cub_tree(tmp_path / "cub"), "caltech101": make_caltech_tree(tmp_path / "caltech"),
+             "stanford_dogs": make_stanford_dogs_tree(tmp_path / "dogs")}
+    for name, info in trees.items():
+        config["datasets"][name].update(root=str(info.root), options={**info.options})
+    write_imagenet_val(tmp_path / "imagenet")
+    for wnid in WNIDS:  # the training split: class folders, no boxes
+        (tmp_path / "imagenet" / "train" / wnid).mkdir(parents=True)
+        Image.new("RGB", (40, 30)).save(tmp_path / "imagenet" / "train" / wnid / f"{wnid}_1.JPEG")
+    config["datasets"]["imagenet"]["root"] = str(tmp_path / "imagenet")
+    config["datasets"]["imagenet"]["options"]["expect_classes"] = len(WNIDS)
+    write_imagenet_c(tmp_path / "imagenet", tmp_path / "imagenet-c", ("fog",), (1,))
+    config["ood"]["imagenet-c"]["root"] = str(tmp_path / "imagenet-c")
+    albef = tmp_path / "ALBEF.pth"
+    albef.write_bytes(b"")  # the file's presence is all a dry run needs
+    config["models"]["albef"]["pretrained"] = str(albef)
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump(config))
+
+    check = subprocess.run([str(SNAKEMAKE.with_name("rationality")), "datasets", "check", str(tmp_path / "paper.yaml")],
+                           capture_output=True, text=True, timeout=600)
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+    assert "all OK" in check.stdout
+
+    result = snakemake(tmp_path, "-n", "results/tables/pt_ir.csv", *ood_targets(config), configfile="paper.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    jobs = planned_jobs(result.stdout)
+    runs = 4 * 4 * 4 + 2 * 4 * 2
+    assert (jobs["train"], jobs["infer"], jobs["score"]) == (runs, runs, runs)
+    assert jobs["infer_ood"] == jobs["score_ood"] == len(ood_runs(validate_config(config))) == 3000
+    assert jobs["masks"] == 4 + 4  # the clean test splits and the four out-of-distribution sets
+    assert jobs["project_masks"] == 2 * (4 + 4)  # 7x7 (ViT-B/32) and 14x14 grids
+
+
+def ood_targets(config: dict) -> list[str]:
+    from rationality.config import ood_runs, validate_config
+
+    return [f"results/scores/{model}/{ood}/{method}/{corruption}-s{severity}.zarr"
+            for model, ood, method, corruption, severity in ood_runs(validate_config(config))]
