@@ -1,5 +1,6 @@
-"""Machinery shared by the readers of real datasets: options, class names, image sizes, and the
-rasterisation of polygon and box annotations into masks.
+"""Machinery shared by the readers of real datasets: a base for readers that list their splits up
+front, options, class names, image sizes, and the rasterisation of polygon and box annotations into
+masks.
 
 Pixel convention (MATLAB's and Pascal VOC's): coordinates are 1-based and pixel (column i, row j)
 is centred on the point (x=i, y=j), so a W x H image spans [0.5, W + 0.5] x [0.5, H + 0.5]. A region's
@@ -12,12 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.io
 from PIL import Image
 
+from rationality.data.base import DatasetReader, Sample
 from rationality.errors import ConfigError, DataError
 
 #: Default of the ``bounds_tolerance`` option: how far (in pixels) an annotation may reach beyond the
@@ -26,6 +28,48 @@ from rationality.errors import ConfigError, DataError
 DEFAULT_BOUNDS_TOLERANCE = 1.0
 
 Size = tuple[int, int]  # (width, height) in pixels
+
+
+class ListedReader(DatasetReader):
+    """A reader that lists every sample of every split when it is built.
+
+    Subclasses set ``title`` (the dataset's name in messages) and, in ``__init__``, ``_class_names``
+    and ``_splits`` (split name -> samples in the reader's fixed order), adding each sample through
+    :meth:`_annotated` so that the ``missing_annotation`` policy is applied in one place.
+    """
+
+    title: ClassVar[str]
+    _class_names: tuple[str, ...]
+    _splits: dict[str, list[Sample]]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self._splits)
+
+    def samples(self, split: str) -> list[Sample]:
+        if split not in self._splits:
+            raise DataError(f"{self.root}: {self.title} has no split {split!r}; splits: {', '.join(self._splits)}")
+        return list(self._splits[split])
+
+    def _annotated(self, sample: Sample, annotation: Path, kind: str, policy: str) -> bool:
+        """Whether ``sample``'s ``kind`` file (e.g. ``"segmentation"``) exists at ``annotation``.
+
+        If it does not: under ``policy`` ``skip`` the sample is recorded in ``skipped`` and False
+        returned; under ``fail`` DataError names the file and the image.
+        """
+        if annotation.is_file():
+            return True
+        if policy != "skip":
+            raise DataError(
+                f"{annotation}: {kind} of image {sample.image_path} is missing "
+                "(set option missing_annotation: skip to leave such images out)"
+            )
+        self.skipped.append((sample.id, f"{annotation}: {kind} is missing"))
+        return False
 
 
 def check_options(root: Path, options: dict[str, Any], allowed: Collection[str], reader: str) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from rationality.data._annotations import (
+    ListedReader,
     bounds_tolerance,
     check_class_count,
     check_inside,
@@ -57,7 +58,7 @@ from rationality.data._annotations import (
     polygon_mask,
     readable_name,
 )
-from rationality.data.base import DatasetReader, Sample, missing_annotation_policy, register_dataset
+from rationality.data.base import Sample, missing_annotation_policy, register_dataset
 from rationality.errors import DataError
 
 SPLITS = ("train", "test")
@@ -81,8 +82,9 @@ _IMAGE_NAME = re.compile(r"image_(\d+)\.jpg")
 
 
 @register_dataset("caltech101")
-class Caltech101Reader(DatasetReader):
-    """Reads Caltech-101 (see the module docstring for the layout and conventions).
+class Caltech101Reader(ListedReader):
+    """Reads Caltech-101 (see the module docstring for the layout and conventions). A split's samples
+    are ordered by label, then id.
 
     Args:
         root: the directory holding ``101_ObjectCategories`` and ``Annotations``.
@@ -100,6 +102,8 @@ class Caltech101Reader(DatasetReader):
             cannot be written or disagrees with the images present.
         ConfigError: for an unknown or invalid option.
     """
+
+    title = "Caltech-101"
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
@@ -125,30 +129,9 @@ class Caltech101Reader(DatasetReader):
         self._annotations: dict[str, Path] = {}
         self._splits: dict[str, list[Sample]] = {split: [] for split in SPLITS}
         for sample, annotation in (pair for pairs in by_class for pair in pairs):
-            if annotation.is_file():
+            if self._annotated(sample, annotation, "annotation", policy):
                 self._annotations[sample.id] = annotation
                 self._splits[split_of[sample.id]].append(sample)
-            elif policy == "skip":
-                self.skipped.append((sample.id, f"{annotation}: annotation is missing"))
-            else:
-                raise DataError(
-                    f"{annotation}: annotation of image {sample.image_path} is missing "
-                    "(set option missing_annotation: skip to leave such images out)"
-                )
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._class_names
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return SPLITS
-
-    def samples(self, split: str) -> list[Sample]:
-        """The samples of ``split``, ordered by label, then id."""
-        if split not in self._splits:
-            raise DataError(f"{self.root}: Caltech-101 has no split {split!r}; splits: {', '.join(SPLITS)}")
-        return list(self._splits[split])
 
     def load_mask(self, sample: Sample) -> np.ndarray:
         """The filled object outline: bool [H, W]."""

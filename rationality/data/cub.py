@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from rationality.data._annotations import (
+    ListedReader,
     check_class_count,
     check_options,
     describe_ids,
@@ -42,7 +43,7 @@ from rationality.data._annotations import (
     path_option,
     readable_name,
 )
-from rationality.data.base import DatasetReader, Sample, missing_annotation_policy, register_dataset
+from rationality.data.base import Sample, missing_annotation_policy, register_dataset
 from rationality.errors import DataError
 
 SPLITS = ("train", "test")
@@ -58,7 +59,7 @@ _MASK_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
 
 
 @register_dataset("cub")
-class CUBReader(DatasetReader):
+class CUBReader(ListedReader):
     """Reads CUB-200-2011 in its official layout (see the module docstring).
 
     Args:
@@ -75,6 +76,8 @@ class CUBReader(DatasetReader):
         DataError: naming the file, if the layout is missing or inconsistent.
         ConfigError: for an unknown or invalid option.
     """
+
+    title = "CUB-200-2011"
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
@@ -97,29 +100,9 @@ class CUBReader(DatasetReader):
             sample = self._sample(image_id, images[image_id], labels[image_id], class_dirs)
             split = _split_of(self.root / "train_test_split.txt", flags[image_id], image_id)
             segmentation = self._segmentation_path(sample)
-            if segmentation.is_file():
+            if self._annotated(sample, segmentation, "segmentation", policy):
                 self._splits[split].append(sample)
-            elif policy == "skip":
-                self.skipped.append((sample.id, f"{segmentation}: segmentation is missing"))
-            else:
-                raise DataError(
-                    f"{segmentation}: segmentation of image {sample.image_path} is missing "
-                    "(set option missing_annotation: skip to leave such images out)"
-                )
         _check_labels_used(self.root, labels, class_dirs)
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._class_names
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return SPLITS
-
-    def samples(self, split: str) -> list[Sample]:
-        if split not in self._splits:
-            raise DataError(f"{self.root}: CUB-200-2011 has no split {split!r}; splits: {', '.join(SPLITS)}")
-        return list(self._splits[split])
 
     def load_mask(self, sample: Sample) -> np.ndarray:
         """The bird's mask: bool [H, W], True where segmentation value / 255 >= mask_threshold."""

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from rationality.data._annotations import (
+    ListedReader,
     bounds_tolerance,
     box_mask,
     check_class_count,
@@ -45,7 +46,7 @@ from rationality.data._annotations import (
     load_mat,
     readable_name,
 )
-from rationality.data.base import DatasetReader, Sample, missing_annotation_policy, register_dataset
+from rationality.data.base import Sample, missing_annotation_policy, register_dataset
 from rationality.errors import DataError
 
 SPLITS = ("train", "test")
@@ -60,7 +61,7 @@ _BOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
 
 
 @register_dataset("stanford_dogs")
-class StanfordDogsReader(DatasetReader):
+class StanfordDogsReader(ListedReader):
     """Reads Stanford Dogs in its official layout (see the module docstring).
 
     Args:
@@ -75,6 +76,8 @@ class StanfordDogsReader(DatasetReader):
         DataError: naming the file, if the layout is missing or inconsistent.
         ConfigError: for an unknown or invalid option.
     """
+
+    title = "Stanford Dogs"
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
@@ -94,29 +97,9 @@ class StanfordDogsReader(DatasetReader):
         self._splits: dict[str, list[Sample]] = {split: [] for split in SPLITS}
         for split, entries in listed.items():
             for sample, annotation in entries:
-                if annotation.is_file():
+                if self._annotated(sample, annotation, "annotation", policy):
                     self._annotations[sample.id] = annotation
                     self._splits[split].append(sample)
-                elif policy == "skip":
-                    self.skipped.append((sample.id, f"{annotation}: annotation is missing"))
-                else:
-                    raise DataError(
-                        f"{annotation}: annotation of image {sample.image_path} is missing "
-                        "(set option missing_annotation: skip to leave such images out)"
-                    )
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._class_names
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return SPLITS
-
-    def samples(self, split: str) -> list[Sample]:
-        if split not in self._splits:
-            raise DataError(f"{self.root / 'lists'}: Stanford Dogs has no split {split!r}; splits: {', '.join(SPLITS)}")
-        return list(self._splits[split])
 
     def load_mask(self, sample: Sample) -> np.ndarray:
         """The union of the boxes of the sample's breed: bool [H, W]."""
