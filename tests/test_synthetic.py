@@ -103,6 +103,24 @@ def test_corrupt_image(copy_root: Path) -> None:
         reader.load_image(sample)
 
 
+def test_mask_threshold_is_a_fraction_of_255(copy_root: Path) -> None:
+    reader = create_dataset("synthetic", copy_root)
+    sample = reader.samples("test")[0]
+    mask_path = copy_root / "masks" / f"{sample.id}.png"
+    width, height = Image.open(mask_path).size
+    bands = np.array([0, 127, 128, 255], np.uint8)[np.arange(width) * 4 // width]  # four vertical bands
+    Image.fromarray(np.tile(bands, (height, 1)), mode="L").save(mask_path)
+    for threshold, object_bands in ((0.5, [128, 255]), (127 / 255, [127, 128, 255]), (1.0, [255])):
+        mask = create_dataset("synthetic", copy_root, mask_threshold=threshold).load_mask(sample)
+        np.testing.assert_array_equal(mask, np.tile(np.isin(bands, object_bands), (height, 1)))
+
+
+@pytest.mark.parametrize("options", [{"mask_threshold": 0}, {"mask_threshold": 128}, {"threshold": 0.5}])
+def test_invalid_options(dataset_root: Path, options: dict) -> None:
+    with pytest.raises(ConfigError, match="threshold"):
+        create_dataset("synthetic", dataset_root, **options)
+
+
 def test_missing_mask(copy_root: Path) -> None:
     reader = create_dataset("synthetic", copy_root)
     sample = reader.samples("test")[1]

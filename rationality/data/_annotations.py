@@ -52,8 +52,14 @@ class ListedReader(DatasetReader):
 
     def samples(self, split: str) -> list[Sample]:
         if split not in self._splits:
-            raise DataError(f"{self.root}: {self.title} has no split {split!r}; splits: {', '.join(self._splits)}")
+            known = ", ".join(self._splits) or "none"
+            raise DataError(f"{self.split_source}: {self.title} has no split {split!r}; splits: {known}")
         return list(self._splits[split])
+
+    @property
+    def split_source(self) -> Path:
+        """Where the splits are defined, for messages (a file or directory; the root unless overridden)."""
+        return self.root
 
     def _annotated(self, sample: Sample, annotation: Path, kind: str, policy: str) -> bool:
         """Whether ``sample``'s ``kind`` file (e.g. ``"segmentation"``) exists at ``annotation``.

@@ -91,7 +91,7 @@ class StanfordDogsReader(ListedReader):
         )
         self._class_names = tuple(readable_name(_FOLDER.fullmatch(folder)[2]) for folder in self._folders)
 
-        listed = {split: self._read_list(self.root / "lists" / f"{split}_list.mat") for split in SPLITS}
+        listed = {split: self._read_list(self.split_source / f"{split}_list.mat") for split in SPLITS}
         self._check_listed(listed)
         self._annotations: dict[str, Path] = {}
         self._splits: dict[str, list[Sample]] = {split: [] for split in SPLITS}
@@ -100,6 +100,10 @@ class StanfordDogsReader(ListedReader):
                 if self._annotated(sample, annotation, "annotation", policy):
                     self._annotations[sample.id] = annotation
                     self._splits[split].append(sample)
+
+    @property
+    def split_source(self) -> Path:
+        return self.root / "lists"
 
     def load_mask(self, sample: Sample) -> np.ndarray:
         """The union of the boxes of the sample's breed: bool [H, W]."""

@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from rationality.data.base import DatasetReader, Sample, register_dataset
+from rationality.data import _annotations
+from rationality.data._annotations import ListedReader, check_options, float_option
+from rationality.data.base import Sample, register_dataset
 from rationality.errors import DataError
 
 CLASS_NAMES = ("disk", "square", "triangle", "cross")
@@ -274,45 +276,34 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
 
 
 @register_dataset("synthetic")
-class SyntheticReader(DatasetReader):
+class SyntheticReader(ListedReader):
     """Reads the layout written by :func:`generate_synthetic_dataset` (see the module docstring).
 
     Args:
         root: the dataset's directory.
-        **options: ``mask_threshold`` (int in [1, 255], default 128): a mask pixel is object when
-            its value is at least this.
+        **options: ``mask_threshold`` (number in (0, 1], default 0.5): a mask pixel is object when
+            value / 255 >= it (the convention of the CUB reader; the generator writes 0 and 255).
 
     Raises:
         DataError: naming the file, if the layout is missing or inconsistent.
+        ConfigError: for an unknown or invalid option.
     """
+
+    title = "the synthetic dataset"
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
-        unknown = set(options) - {"mask_threshold"}
-        if unknown:
-            raise DataError(f"{self.root}: unknown synthetic reader options {sorted(unknown)}")
-        self.mask_threshold = options.get("mask_threshold", 128)
-        if not isinstance(self.mask_threshold, int) or not 1 <= self.mask_threshold <= 255:
-            raise DataError(f"{self.root}: mask_threshold must be an int in [1, 255], got {self.mask_threshold!r}")
+        check_options(self.root, options, ("mask_threshold",), "synthetic")
+        self.mask_threshold = float_option(options, "mask_threshold", 0.5, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
         self._class_names = _read_class_names(self.root / "classes.txt")
-        self._splits = self._read_index(self.root / "samples.csv")
+        self._splits = self._read_index(self.split_source)
 
     @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._class_names
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self._splits)
-
-    def samples(self, split: str) -> list[Sample]:
-        if split not in self._splits:
-            known = ", ".join(sorted(self._splits)) or "none"
-            raise DataError(f"{self.root / 'samples.csv'}: no split {split!r}; splits present: {known}")
-        return list(self._splits[split])
+    def split_source(self) -> Path:
+        return self.root / "samples.csv"
 
     def load_mask(self, sample: Sample) -> np.ndarray:
-        """The object mask of ``sample``: bool [H, W], True where the pixel >= mask_threshold."""
+        """The object mask of ``sample``: bool [H, W], True where pixel value / 255 >= mask_threshold."""
         path = self.root / "masks" / f"{sample.id}.png"
         if not path.is_file():
             raise DataError(f"{path}: mask file is missing ({_LAYOUT_HINT})")
@@ -325,13 +316,13 @@ class SyntheticReader(DatasetReader):
         if mode != "L":
             raise DataError(f"{path}: mask must be 8-bit grayscale (mode 'L'), got mode {mode!r}")
         mask_size = (pixels.shape[1], pixels.shape[0])
-        image_size = _image_size(sample.image_path)
-        if mask_size != image_size:
+        picture_size = _annotations.image_size(sample.image_path)
+        if mask_size != picture_size:
             raise DataError(
                 f"{path}: mask is {mask_size[0]}x{mask_size[1]} but its image {sample.image_path} "
-                f"is {image_size[0]}x{image_size[1]} (width x height)"
+                f"is {picture_size[0]}x{picture_size[1]} (width x height)"
             )
-        return pixels >= self.mask_threshold
+        return pixels / 255.0 >= self.mask_threshold
 
     def _read_index(self, path: Path) -> dict[str, list[Sample]]:
         """Parse samples.csv into split -> samples in file order."""
@@ -374,14 +365,3 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise DataError(f"{path}: class names are not unique")
     return names
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of the image at ``path``, from its header only."""
-    if not path.is_file():
-        raise DataError(f"{path}: image file is missing")
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: image file is corrupt or not an image ({exc})") from exc
