@@ -107,6 +107,8 @@ def test_training_loss_falls(coop_runs) -> None:
 @pytest.mark.parametrize(("options", "shape"), [
     ({}, (4, 64)),
     ({"class_specific": True}, (4, 4, 64)),
+    ({"ctx_init": ""}, (16, 64)),
+    ({"n_ctx": 4}, (4, 64)),  # "a photo of a" is 4 tokens
     ({"ctx_init": "", "n_ctx": 3}, (3, 64)),
     ({"ctx_init": "", "n_ctx": 3, "class_specific": True}, (4, 3, 64)),
 ])
@@ -119,6 +121,12 @@ def test_initial_context(tiny_adapter, options: dict, shape: tuple[int, ...]) ->
     else:
         assert torch.equal(context, method.initial_context(tiny_adapter, len(CLASSES), seed=0))  # seeded
         assert 0.01 < float(context.std()) < 0.03
+
+
+def test_context_length_must_match_the_phrase(tiny_adapter) -> None:
+    method = create_method({"kind": "coop", "n_ctx": 16, "ctx_init": "a photo of a"})
+    with pytest.raises(ConfigError, match="n_ctx 16 disagrees with ctx_init 'a photo of a', which is 4 tokens"):
+        method.initial_context(tiny_adapter, len(CLASSES), seed=0)
 
 
 def test_class_specific_training(tiny_adapter, synthetic_spec: dict, tmp_path: Path) -> None:
@@ -148,5 +156,5 @@ def test_options_are_checked(options: dict, message: str) -> None:
 def test_defaults() -> None:
     method = create_method({"kind": "coop"})
     assert (method.lr, method.epochs, method.batch_size, method.optimizer) == (2e-3, 10, 32, "adam")
-    assert (method.n_ctx, method.ctx_init, method.class_specific) == (16, "a photo of a", False)
+    assert (method.n_ctx, method.ctx_init, method.class_specific) == (None, "a photo of a", False)
     assert method.paper_start_layer == "last" and not method.trains_image_tower

@@ -100,7 +100,8 @@ def test_both_towers_change_and_the_scale_does_not(flcp_runs, tiny_adapter) -> N
 def test_checkpoint_head_is_the_fine_tuned_similarity(flcp_runs, tiny_adapter) -> None:
     checkpoint, tuned = flcp_runs
     classifier, meta = load_checkpoint(checkpoint)
-    assert meta["method"]["kind"] == "flcp" and meta["method"]["temperature"] == 0.07
+    assert meta["method"]["kind"] == "flcp"
+    assert (meta["method"]["temperature"], meta["method"]["learned_scale"]) == (None, False)
     assert meta["base_image_tower_sha256"] == state_sha256(tiny_adapter.image_tower())
     assert isinstance(classifier.head, PromptHead)
     pixels = _pixels(3, seed=1)
@@ -161,9 +162,12 @@ def test_options_are_checked(synthetic_spec: dict, tmp_path: Path) -> None:
         create_method({"kind": "flcp", "head_scale": "both"})
     with pytest.raises(ConfigError, match="fixed temperature"):
         create_method({"kind": "flcp", "head_scale": "temperature", "learned_scale": True})
+    with pytest.raises(ConfigError, match="either temperature .* or learned_scale"):
+        create_method({"kind": "flcp", "temperature": 0.07, "learned_scale": True})
     with pytest.raises(ConfigError, match="momentum"):
         create_method({"kind": "flcp", "momentum": 0.9})
-    assert create_method({"kind": "flcp"}).lr == 1e-5
+    defaults = create_method({"kind": "flcp", "temperature": None})
+    assert (defaults.lr, defaults.temperature, defaults.loss_temperature) == (1e-5, None, 0.07)
     blip = create_adapter(dict(TINY_ADAPTER_SPECS["blip"]))
     with pytest.raises(ConfigError, match="learned_scale.*blip"):
         create_method({**FLCP, "learned_scale": True}).fit(blip, ["disk", "square", "triangle", "cross"],

@@ -83,8 +83,16 @@ def create_method(spec: dict[str, Any]) -> AdaptationMethod:
 
 
 def _typed(kind: str, name: str, value: Any, annotation: Any) -> Any:
-    """Check a hyper-parameter's type; floats also accept YAML 1.1's dotless exponents ('1e-5' is text there)."""
-    expected = {"float": float, "int": int, "bool": bool, "str": str}.get(str(annotation))
+    """Check a hyper-parameter's type; floats also accept YAML 1.1's dotless exponents ('1e-5' is text there).
+
+    An optional hyper-parameter (annotated ``<type> | None``) also takes ``null``.
+    """
+    annotation = str(annotation)
+    if annotation.endswith(" | None"):
+        if value is None:
+            return None
+        annotation = annotation.removesuffix(" | None")
+    expected = {"float": float, "int": int, "bool": bool, "str": str}.get(annotation)
     if expected is float and isinstance(value, str):
         try:
             return float(value)

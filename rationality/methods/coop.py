@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # importing open_clip only to look up a method would cost sec
 
 #: Standard deviation of CoOp's random context initialisation.
 CONTEXT_INIT_STD = 0.02
+#: Context length without ``ctx_init`` (CoOp's default).
+DEFAULT_N_CTX = 16
 
 
 class _PromptLearner(nn.Module):
@@ -74,8 +76,9 @@ class CoOp(TrainedMethod):
     """Context optimisation (Zhou et al. 2022); heatmaps explain the image-text similarity logit.
 
     Attributes:
-        n_ctx: number of context vectors, drawn from N(0, 0.02²) (seeded), when ``ctx_init`` is empty;
-            with ``ctx_init`` the phrase's token count is used instead.
+        n_ctx: number of context vectors. Without ``ctx_init`` they are drawn from N(0, 0.02²)
+            (seeded), 16 when unset; with ``ctx_init`` it is the phrase's token count, and a value
+            that differs from it is a ConfigError.
         ctx_init: phrase whose token embeddings initialise the context (``"a photo of a"``: the
             untrained prompts are the zero-shot prompts ``a photo of a {class}.``); ``""`` for random.
         class_specific: one context per class ([C, n_ctx, W]) instead of one shared ([n_ctx, W]).
@@ -87,22 +90,26 @@ class CoOp(TrainedMethod):
     paper_start_layer = "last"
 
     lr: float = 2e-3
-    n_ctx: int = 16
+    n_ctx: int | None = None
     ctx_init: str = "a photo of a"
     class_specific: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.n_ctx < 1:
+        if self.n_ctx is not None and self.n_ctx < 1:
             raise ConfigError(f"coop n_ctx must be at least 1, got {self.n_ctx}")
 
     def initial_context(self, adapter: OpenClipAdapter, num_classes: int, seed: int) -> torch.Tensor:
         """The context before training: [n_ctx, W], or [C, n_ctx, W] with ``class_specific``."""
         if self.ctx_init:
             context = adapter.context_from_phrase(self.ctx_init.replace("_", " "))
+            if self.n_ctx is not None and self.n_ctx != len(context):
+                raise ConfigError(f"coop n_ctx {self.n_ctx} disagrees with ctx_init {self.ctx_init!r}, which is "
+                                  f"{len(context)} tokens; leave n_ctx out, or set ctx_init: '' for random context")
             return context.expand(num_classes, -1, -1).clone() if self.class_specific else context
+        n_ctx = DEFAULT_N_CTX if self.n_ctx is None else self.n_ctx
         width = adapter.context_width
-        shape = (num_classes, self.n_ctx, width) if self.class_specific else (self.n_ctx, width)
+        shape = (num_classes, n_ctx, width) if self.class_specific else (n_ctx, width)
         context = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * CONTEXT_INIT_STD
         return context.to(adapter.logit_scale().device)
 

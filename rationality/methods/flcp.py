@@ -34,6 +34,8 @@ from rationality.models.base import VisionLanguageAdapter
 from rationality.models.heads import ImageClassifier, PromptHead
 
 HEAD_SCALES = ("model", "temperature")
+#: The paper's fixed loss temperature.
+DEFAULT_TEMPERATURE = 0.07
 
 
 def clip_loss(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -161,8 +163,8 @@ class FLCP(TrainedMethod):
     """Fine-tuning like CLIP pretraining (FLYP); heatmaps explain the image-text similarity logit.
 
     Attributes:
-        temperature: the loss uses cosine / temperature (the paper: 0.07, fixed); ignored with
-            ``learned_scale``.
+        temperature: the loss uses cosine / temperature, fixed (unset: 0.07, the paper's). Setting
+            it together with ``learned_scale`` is a ConfigError.
         learned_scale: use the model's own logit scale in the loss and train it (open_clip's
             ``logit_scale``, not clamped at 100 as in CLIP's pretraining; ALBEF's ``temp``, clamped
             by the adapter; BLIP has none to train).
@@ -181,20 +183,28 @@ class FLCP(TrainedMethod):
     trains_image_tower = True
 
     lr: float = 1e-5
-    temperature: float = 0.07
+    temperature: float | None = None
     learned_scale: bool = False
     mask_same_class: bool = False
     head_scale: str = "model"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"flcp temperature must be positive, got {self.temperature}")
+        if self.temperature is not None and self.learned_scale:
+            raise ConfigError("flcp: set either temperature (a fixed loss temperature) or learned_scale (the "
+                              "model's own, trained logit scale), not both")
         if self.head_scale not in HEAD_SCALES:
             raise ConfigError(f"flcp head_scale must be one of {HEAD_SCALES}, got {self.head_scale!r}")
         if self.head_scale == "temperature" and self.learned_scale:
             raise ConfigError("flcp head_scale 'temperature' needs a fixed temperature; with learned_scale the "
                               "model's scale is the trained one (head_scale: model)")
+
+    @property
+    def loss_temperature(self) -> float:
+        """The fixed temperature of the loss (meaningless with ``learned_scale``)."""
+        return DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
 
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
             run: Run) -> ImageClassifier:
@@ -203,11 +213,11 @@ class FLCP(TrainedMethod):
         adapter.requires_grad_(False)
         for parameter in trained:
             parameter.requires_grad_(True)
-        encoder = _PairEncoder(adapter, prompts, None if self.learned_scale else self.temperature).train()
+        encoder = _PairEncoder(adapter, prompts, None if self.learned_scale else self.loss_temperature).train()
         step = functools.partial(flcp_step, mask_same_class=self.mask_same_class)
         train_epochs(encoder, step, train, self, run, "FLCP")
         adapter.requires_grad_(True).eval()
         head = PromptHead.from_prompts(adapter, prompts)
         if self.head_scale == "temperature":
-            head.scale.fill_(1.0 / self.temperature)
+            head.scale.fill_(1.0 / self.loss_temperature)
         return ImageClassifier(adapter, head)
