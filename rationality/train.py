@@ -49,7 +49,9 @@ def train_checkpoint(model: dict[str, Any], dataset: dict[str, Any], method: dic
     torch_device = init_distributed(device)
     adapter = create_adapter(model_spec).to(torch_device)
     base_sha256 = state_sha256(adapter.image_tower())
-    train = ImageDataset(reader, reader.samples(split), adapter.geometry, *adapter.normalization)
+    samples = adaptation.training_samples(reader.samples(split), reader.class_names, seed,
+                                          f"{dataset['root']} (dataset {dataset['name']}, split {split})")
+    train = ImageDataset(reader, samples, adapter.geometry, *adapter.normalization)
     fingerprint = hashlib.sha256(json.dumps(
         {"model": model_spec.to_dict(), "dataset": dataset, "method": adaptation.to_dict(), "split": split,
          "seed": seed, "base": base_sha256, "version": __version__}, sort_keys=True).encode()).hexdigest()

@@ -59,9 +59,14 @@ class TrainingOptions:
     eps: float = 1e-8
     weight_decay: float = 0.0
     precision: str = "fp32"
+    #: Training images per class (a seeded draw, the same for every method; see
+    #: :func:`~rationality.data.shots.few_shot_samples`), or None for the whole training split.
+    shots: int | None = None
 
     def check_training_options(self) -> None:
         """Raise ConfigError for an unknown optimiser or precision, or a non-positive size."""
+        if self.shots is not None and self.shots < 1:
+            raise ConfigError(f"shots must be at least 1 (or null for the whole split), got {self.shots}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.precision not in TRAINING_PRECISIONS:

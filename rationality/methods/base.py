@@ -16,7 +16,9 @@ import dataclasses
 from typing import Any, ClassVar, Literal, Sequence
 
 from rationality._registry import Registry
+from rationality.data.base import Sample
 from rationality.data.loader import ImageDataset
+from rationality.data.shots import few_shot_samples
 from rationality.errors import ConfigError
 from rationality.methods._training import Run, TrainingOptions
 from rationality.models.base import VisionLanguageAdapter
@@ -42,6 +44,11 @@ class AdaptationMethod(abc.ABC):
             The classifier the GPU stage explains; its head alone says which logit that is.
         """
 
+    def training_samples(self, samples: Sequence[Sample], class_names: Sequence[str], seed: int,
+                         where: str) -> list[Sample]:
+        """The samples of the training split this method trains on (all of them)."""
+        return list(samples)
+
     def prompts(self, class_names: Sequence[str]) -> list[str]:
         """One text prompt per class from ``prompt_template``."""
         return [self.prompt_template.format(name.replace("_", " ")) for name in class_names]
@@ -56,6 +63,13 @@ class TrainedMethod(AdaptationMethod, TrainingOptions):
 
     def __post_init__(self) -> None:
         self.check_training_options()
+
+    def training_samples(self, samples: Sequence[Sample], class_names: Sequence[str], seed: int,
+                         where: str) -> list[Sample]:
+        """All samples, or ``shots`` per class drawn with ``seed`` (DataError if a class has fewer)."""
+        if self.shots is None:
+            return list(samples)
+        return few_shot_samples(samples, self.shots, seed, class_names, where)
 
 
 _METHODS: Registry[type[AdaptationMethod]] = Registry("adaptation method", "rationality.methods._methods", "kind")

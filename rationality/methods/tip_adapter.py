@@ -24,7 +24,8 @@ Differences from the original code (``gaopengcuhk/Tip-Adapter``), each a simplif
   fixed 100; ``1 / temp`` for BLIP/ALBEF).
 
 The cache has one row per training sample, so keys and the checkpoint grow with the training split
-(Tip-Adapter is a few-shot method: 16 shots per class in the paper).
+(Tip-Adapter is a few-shot method: 16 shots per class in its paper). Set ``shots`` to bound it; on
+ImageNet's full train split the cache would hold 1.28M keys.
 """
 
 from __future__ import annotations
