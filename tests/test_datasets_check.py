@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import yaml
 from PIL import Image
 
 from rationality.cli import main
+from rationality.data import create_dataset
 from rationality.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from tests.conftest import SYNTHETIC_COUNTS, TINY_MODEL
 from tests.fixture_trees_imagenet import CLASS_NAMES, planted_images, write_imagenet_val
@@ -121,3 +123,21 @@ def test_configured_splits_must_exist(tmp_path: Path, imagenet_root: Path, capsy
     path.write_text(yaml.safe_dump(config))
     assert main(["datasets", "check", str(path)]) == 1
     assert "train_split 'train' is not a split" in capsys.readouterr().out
+
+
+def test_shots_need_that_many_training_images_per_class(tmp_path: Path, synthetic_root: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "config.yaml"
+    config = yaml.safe_load(_config(path, {"synth": {"reader": "synthetic", "root": str(synthetic_root)}})
+                            and path.read_text())
+    counts = Counter(sample.label for sample in create_dataset("synthetic", synthetic_root).samples("train"))
+    fewest = min(counts.values())
+    config["methods"]["coop"] = {"kind": "coop", "shots": fewest}
+    config["runs"]["methods"] = ["zs", "coop"]
+    path.write_text(yaml.safe_dump(config))
+    assert main(["datasets", "check", str(path)]) == 0
+    config["overrides"] = [{"datasets": ["synth"], "methods": ["coop"], "set": {"shots": fewest + 1}}]
+    path.write_text(yaml.safe_dump(config))
+    assert main(["datasets", "check", str(path)]) == 1
+    short = sum(count < fewest + 1 for count in counts.values())
+    assert f"a run trains on shots {fewest + 1} per class; {short} classes have fewer" in capsys.readouterr().out

@@ -60,19 +60,24 @@ def check_datasets(config: dict[str, Any], images: bool = False) -> list[Dataset
         config: a validated config (:func:`rationality.config.load_config`).
         images: also decode every image (slow; catches truncated files).
     """
-    from rationality.config import run_triples
+    from rationality.config import method_spec_for, run_triples
 
-    trained_on = {dataset for _, dataset, method in run_triples(config)
-                  if config["methods"][method]["kind"] != "zero_shot"}
-    return [check_dataset(name, spec, images, needs_train_split=name in trained_on)
+    shots_needed: dict[str, int] = {}  # dataset -> the most images per class a run trains on (0: any)
+    for model, dataset, method in run_triples(config):
+        spec = method_spec_for(config, model, dataset, method)
+        if spec["kind"] != "zero_shot":
+            shots_needed[dataset] = max(shots_needed.get(dataset, 0), spec.get("shots") or 0)
+    return [check_dataset(name, spec, images, needs_train_split=name in shots_needed,
+                          shots=shots_needed.get(name, 0))
             for name, spec in config["datasets"].items()]
 
 
 def check_dataset(name: str, spec: dict[str, Any], images: bool = False,
-                  needs_train_split: bool = False) -> DatasetReport:
+                  needs_train_split: bool = False, shots: int = 0) -> DatasetReport:
     """Open one dataset spec ``{reader, root, options}`` and load every mask of every split.
 
-    Its ``test_split`` (and ``train_split`` when a run trains on it) must be splits of the dataset.
+    Its ``test_split`` (and ``train_split`` when a run trains on it) must be splits of the dataset,
+    and every class of the training split needs ``shots`` images when a run trains on that many.
     """
     report = DatasetReport(name, spec)
     try:
@@ -89,8 +94,18 @@ def check_dataset(name: str, spec: dict[str, Any], images: bool = False,
         summary = _check_split(name, reader, split, images, report.problems)
         if summary is not None:
             report.splits.append(summary)
+            if needs_train_split and split == spec.get("train_split") and shots:
+                _check_shots(summary, reader.class_names, shots, report.problems)
     report.skipped = list(reader.skipped)
     return report
+
+
+def _check_shots(summary: SplitSummary, class_names: tuple[str, ...], shots: int, problems: list[str]) -> None:
+    """Append a problem naming the classes of the training split with fewer than ``shots`` images."""
+    short = [f"{class_names[label]} ({count})" for label, count in enumerate(summary.class_counts) if count < shots]
+    if short:
+        problems.append(f"split {summary.name}: a run trains on shots {shots} per class; {len(short)} classes have "
+                        f"fewer: {', '.join(short[:SHOWN])}{' ...' if len(short) > SHOWN else ''}")
 
 
 def _check_split(
