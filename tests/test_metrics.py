@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rationality.schema import EdgeCase
-from rationality.scoring.metrics import rationality_metrics
+from rationality.scoring.metrics import UNDEFINED_POLICIES, Outcome, outcome_codes, outcome_names, rationality_metrics
 
 NAN = float("nan")
 # sample:        0     1     2     3     4     5                      6                          7
@@ -113,3 +113,35 @@ def test_bad_policy() -> None:
 def test_shape_mismatch(rma: np.ndarray, edge: np.ndarray, correct: np.ndarray) -> None:
     with pytest.raises(ValueError, match=r"\[n\]"):
         rationality_metrics(rma, edge, correct)
+
+
+def _reference_outcome(rma: float, edge: int, correct: bool, threshold: float, policy: str) -> str:
+    """One sample's quadrant, written out case by case."""
+    if edge != EdgeCase.OK:
+        if policy == "exclude":
+            return "EXCLUDED_RIGHT" if correct else "EXCLUDED_WRONG"
+        valid = policy == "valid"
+    else:
+        valid = rma >= np.float32(threshold)
+    return ("R" if correct else "W") + ("R" if valid else "W")
+
+
+@pytest.mark.parametrize("policy", UNDEFINED_POLICIES)
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 1.0])
+def test_outcome_codes_equal_a_per_sample_reference(policy: str, threshold: float) -> None:
+    rng = np.random.default_rng(3)
+    rma = np.round(rng.uniform(0, 1, 200), 1).astype(np.float32)  # many values exactly at a threshold
+    edge = np.where(rng.uniform(size=200) < 0.2, EdgeCase.ZERO_SUM_HEATMAP, EdgeCase.OK).astype(np.int8)
+    rma[edge != EdgeCase.OK] = np.nan
+    correct = rng.uniform(size=200) < 0.6
+    codes = outcome_codes(rma, edge, correct, threshold, policy)
+    expected = [_reference_outcome(*sample, threshold, policy) for sample in zip(rma, edge, correct)]
+    assert [Outcome(code).name for code in codes] == expected
+    names = outcome_names(codes)
+    assert all(name == (e if e[0] != "E" else "excluded") for name, e in zip(names, expected))
+
+
+def test_outcome_codes_broadcast_correct_over_columns() -> None:
+    rma = np.array([[0.9, 0.1], [0.9, 0.1]], dtype=np.float32)  # [sample, column]
+    codes = outcome_codes(rma, np.zeros((2, 2), np.int8), np.array([True, False]), 0.5)
+    np.testing.assert_array_equal(codes, [[Outcome.RR, Outcome.RW], [Outcome.WR, Outcome.WW]])

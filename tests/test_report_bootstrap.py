@@ -14,8 +14,7 @@ from rationality.cli import main
 from rationality.report.bootstrap import (
     STATISTICS, bootstrap_distribution, bootstrap_table, percentile_interval, resample_indices,
 )
-from rationality.report.outcomes import Outcome, outcome_codes
-from rationality.scoring.metrics import UNDEFINED_POLICIES, rationality_metrics
+from rationality.scoring.metrics import UNDEFINED_POLICIES, Outcome, outcome_codes, rationality_metrics
 from rationality.store import write_dataset
 
 

@@ -13,9 +13,7 @@ from report_stores import random_scores
 from rationality import schema
 from rationality.cli import main
 from rationality.report.layout import AVERAGE, BEST, SECOND, mark_best, paper_tables, to_frame, to_latex, to_markdown
-from rationality.report.outcomes import Outcome, outcome_codes
 from rationality.report.tables import TABLE_COLUMNS, rationality_table
-from rationality.scoring.metrics import UNDEFINED_POLICIES, rationality_metrics
 from rationality.store import write_dataset
 
 METHODS, DATASETS = ["zs", "lp", "ft"], ["cub", "dogs"]
@@ -115,18 +113,6 @@ def test_csv_frame_keeps_numbers_and_marks() -> None:
 def test_mark_best_on_a_single_value_column() -> None:
     marks = mark_best(pd.DataFrame({"a": [np.nan, 0.2]}, index=["x", "y"]))
     assert marks["a"].tolist() == ["", BEST]
-
-
-@pytest.mark.parametrize("undefined", UNDEFINED_POLICIES)
-@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.7])
-def test_outcome_codes_sum_to_the_metrics(undefined: str, threshold: float) -> None:
-    scores = random_scores(n=60, seed=3, undefined_share=0.3)
-    rma, edge = scores[schema.RMA].values[:, 0, 1], scores[schema.EDGE_CASE].values[:, 0, 1]
-    correct = scores[schema.CORRECT].values
-    counts = np.bincount(outcome_codes(rma, edge, correct, threshold, undefined), minlength=len(Outcome))
-    expected = rationality_metrics(rma, edge, correct, threshold, undefined)
-    assert tuple(counts[:4]) == (expected.rr, expected.rw, expected.wr, expected.ww)
-    assert counts[4:].sum() == expected.n_excluded
 
 
 def _written(tmp_path: Path, name: str, **attrs) -> Path:

@@ -7,7 +7,7 @@ e.g. PT of a resample without a correct prediction, are left out; an interval is
 
 Vectorised over resamples: a resample is a vector of per-sample multiplicities w [n] (how often
 each sample was drawn), and every count the statistics need is a dot product of w with a one-hot
-matrix of the samples' :class:`~rationality.report.outcomes.Outcome` codes, so a block of resamples
+matrix of the samples' :class:`~rationality.scoring.metrics.Outcome` codes, so a block of resamples
 is one matrix product [b, n] @ [n, 6K] for all K (explainer, start layer) columns of a store at once.
 Resamples are drawn in blocks of about 4M indices, which bounds memory at any n.
 
@@ -26,9 +26,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from rationality import schema
-from rationality.report.outcomes import Outcome, outcome_codes
 from rationality.report.tables import START_LAYER_POLICIES, open_scores, policy_start_layer, row_key
-from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
+from rationality.scoring.metrics import DEFAULT_THRESHOLD, Outcome, UndefinedPolicy, outcome_codes, rationality_metrics
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0

@@ -29,10 +29,9 @@ from matplotlib.figure import Figure
 from rationality import schema
 from rationality.errors import StoreError
 from rationality.report.figures import empty_figure, panel_figure, save_figure
-from rationality.report.outcomes import outcome_codes, outcome_names
 from rationality.report.overlay import draw_image, draw_overlay, model_input_images
 from rationality.report.tables import START_LAYER_POLICIES, open_scores, policy_start_layer
-from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy
+from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, outcome_codes, outcome_names
 from rationality.scoring.rma import MaskProjector, Normalization, relevance_mass_accuracy
 
 SELECTIONS: tuple[str, ...] = ("all_correct", "changed")
@@ -74,7 +73,7 @@ def _column(scores: xr.Dataset, explainer: str | None, policy: str) -> dict[str,
 
 def outcomes(stores: Sequence[xr.Dataset], explainer: str | None = None, policy: str = "paper",
              threshold: float = DEFAULT_THRESHOLD, undefined: UndefinedPolicy = "invalid") -> np.ndarray:
-    """:class:`~rationality.report.outcomes.Outcome` codes [store, sample] of aligned scores stores."""
+    """:class:`~rationality.scoring.metrics.Outcome` codes [store, sample] of aligned scores stores."""
     return np.stack([
         outcome_codes(s[schema.RMA].sel(_column(s, explainer, policy)).values,
                       s[schema.EDGE_CASE].sel(_column(s, explainer, policy)).values,

@@ -10,10 +10,14 @@ Samples whose RMA is undefined (:class:`~rationality.schema.EdgeCase`) follow an
 ``invalid`` (default) counts them as invalid evidence, ``valid`` as valid evidence (what the paper's
 code did with NaN, by accident), ``exclude`` leaves them out of the quadrants. They are always counted.
 Undefined ratios (0/0) are NaN.
+
+:func:`outcome_codes` applies these rules per sample (a quadrant code each, for bootstrap resamples
+and galleries); :func:`rationality_metrics` counts its codes, so the two cannot disagree.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -46,6 +50,51 @@ class RationalityMetrics:
         return asdict(self)
 
 
+class Outcome(enum.IntEnum):
+    """A sample's quadrant; the two ``EXCLUDED_*`` codes are samples left out under ``exclude``."""
+
+    RR = 0  # correct prediction, valid evidence
+    RW = 1  # correct prediction, invalid evidence
+    WR = 2  # wrong prediction, valid evidence
+    WW = 3  # wrong prediction, invalid evidence
+    EXCLUDED_RIGHT = 4  # correct prediction, undefined RMA, excluded from the quadrants
+    EXCLUDED_WRONG = 5  # wrong prediction, undefined RMA, excluded from the quadrants
+
+
+def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, threshold: float,
+                  undefined: UndefinedPolicy = "invalid") -> np.ndarray:
+    """Per-sample :class:`Outcome` codes.
+
+    Args:
+        rma: [n, ...] float, NaN where undefined.
+        edge_case: [n, ...] int, :class:`EdgeCase` codes (non-zero where RMA is undefined).
+        correct: [n] bool, broadcast over the trailing dims of ``rma``.
+        threshold: RMA at or above which evidence is valid.
+        undefined: policy for samples with undefined RMA (``invalid``, ``valid``, ``exclude``).
+
+    Returns:
+        int8 [n, ...], the shape of ``rma``.
+    """
+    if undefined not in UNDEFINED_POLICIES:
+        raise ValueError(f"undefined policy must be one of {UNDEFINED_POLICIES}, got {undefined!r}")
+    rma, edge_case = np.asarray(rma), np.asarray(edge_case)
+    correct = np.asarray(correct, dtype=bool).reshape((-1,) + (1,) * (rma.ndim - 1))
+    undefined_mask = edge_case != EdgeCase.OK
+    # Compare in RMA's own precision: a float32 RMA of 0.7 is valid at threshold 0.7.
+    with np.errstate(invalid="ignore"):
+        valid = np.where(undefined_mask, undefined == "valid", rma >= np.asarray(threshold, dtype=rma.dtype))
+    codes = np.where(correct, np.where(valid, Outcome.RR, Outcome.RW), np.where(valid, Outcome.WR, Outcome.WW))
+    if undefined == "exclude":
+        codes = np.where(undefined_mask, np.where(correct, Outcome.EXCLUDED_RIGHT, Outcome.EXCLUDED_WRONG), codes)
+    return codes.astype(np.int8)
+
+
+def outcome_names(codes: np.ndarray) -> np.ndarray:
+    """``"RR"``, ``"RW"``, ``"WR"``, ``"WW"`` or ``"excluded"`` per code: object array, the shape of ``codes``."""
+    names = np.array([o.name if o <= Outcome.WW else "excluded" for o in Outcome], dtype=object)
+    return names[np.asarray(codes)]
+
+
 def _ratio(numerator: int, denominator: int) -> float:
     return numerator / denominator if denominator else float("nan")
 
@@ -63,22 +112,14 @@ def rationality_metrics(
         threshold: RMA at or above which evidence is valid.
         undefined: policy for samples with undefined RMA.
     """
-    if undefined not in UNDEFINED_POLICIES:
-        raise ValueError(f"undefined policy must be one of {UNDEFINED_POLICIES}, got {undefined!r}")
     rma, edge_case, correct = np.asarray(rma), np.asarray(edge_case), np.asarray(correct, dtype=bool)
     if not (rma.shape == edge_case.shape == correct.shape and rma.ndim == 1):
         raise ValueError(f"rma, edge_case and correct must be [n], got {rma.shape}, {edge_case.shape}, {correct.shape}")
-    undefined_mask = edge_case != EdgeCase.OK
-    # Compare in RMA's own precision: a float32 RMA of 0.7 is valid at threshold 0.7.
-    with np.errstate(invalid="ignore"):
-        valid = np.where(undefined_mask, undefined == "valid", rma >= np.asarray(threshold, dtype=rma.dtype))
-    included = ~undefined_mask if undefined == "exclude" else np.ones_like(correct)
-    rr = int(np.sum(included & correct & valid))
-    rw = int(np.sum(included & correct & ~valid))
-    wr = int(np.sum(included & ~correct & valid))
-    ww = int(np.sum(included & ~correct & ~valid))
+    counts = np.bincount(outcome_codes(rma, edge_case, correct, threshold, undefined), minlength=len(Outcome))
+    rr, rw, wr, ww = (int(counts[outcome]) for outcome in (Outcome.RR, Outcome.RW, Outcome.WR, Outcome.WW))
     return RationalityMetrics(
         accuracy=_ratio(int(correct.sum()), len(correct)), pt=_ratio(rr, rr + rw), ir=_ratio(rr, rr + wr),
-        rr=rr, rw=rw, wr=wr, ww=ww, n=len(correct), n_undefined=int(undefined_mask.sum()),
-        n_empty_mask=int(np.sum(edge_case == EdgeCase.EMPTY_MASK)), n_excluded=int(np.sum(~included)),
+        rr=rr, rw=rw, wr=wr, ww=ww, n=len(correct), n_undefined=int(np.sum(edge_case != EdgeCase.OK)),
+        n_empty_mask=int(np.sum(edge_case == EdgeCase.EMPTY_MASK)),
+        n_excluded=int(counts[Outcome.EXCLUDED_RIGHT] + counts[Outcome.EXCLUDED_WRONG]),
     )
