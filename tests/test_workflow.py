@@ -223,6 +223,7 @@ def test_paper_config_plans_the_full_grid_over_fixture_trees(tmp_path: Path) -> 
     config["datasets"]["imagenet"]["options"]["expect_classes"] = len(WNIDS)
     write_imagenet_c(tmp_path / "imagenet", tmp_path / "imagenet-c", ("fog",), (1,))
     config["ood"]["imagenet-c"]["root"] = str(tmp_path / "imagenet-c")
+    config["methods"]["tip_adapter_f"]["shots"] = 1  # the fixture trees hold a few images per class
     albef = tmp_path / "ALBEF.pth"
     albef.write_bytes(b"")  # the file's presence is all a dry run needs
     config["models"]["albef"]["pretrained"] = str(albef)

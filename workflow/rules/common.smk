@@ -25,6 +25,13 @@ validate(config, "../schemas/config.schema.yaml")
 config.update(validate_config(config, source="workflow config"))
 
 
+#: The stores' paths, one pattern each: rule outputs and every input list format these.
+CACHE = "results/cache/{model}/{dataset}/{method}.zarr"
+SCORES = "results/scores/{model}/{dataset}/{method}.zarr"
+OOD_CACHE = "results/cache/{model}/{ood}/{method}/{corruption}-s{severity}.zarr"
+OOD_SCORES = "results/scores/{model}/{ood}/{method}/{corruption}-s{severity}.zarr"
+
+
 def _alternatives(names):
     return "|".join(re.escape(name) for name in names) or "$^"
 
@@ -162,11 +169,11 @@ def projections_for_cache(wildcards):
 
 
 def all_scores():
-    return [f"results/scores/{model}/{dataset}/{method}.zarr" for model, dataset, method in run_triples(config)]
+    return [SCORES.format(model=model, dataset=dataset, method=method) for model, dataset, method in run_triples(config)]
 
 
 def all_ood_scores():
-    return [f"results/scores/{model}/{ood}/{method}/{corruption}-s{severity}.zarr"
+    return [OOD_SCORES.format(model=model, ood=ood, method=method, corruption=corruption, severity=severity)
             for model, ood, method, corruption, severity in ood_runs(config)]
 
 

@@ -21,16 +21,20 @@ GALLERY_SAMPLES = 6
 report: "../report/workflow.rst"
 
 
+def _runs_on(wildcards):
+    """(model, dataset, method) of every method run on the wildcards' (model, dataset), in config order."""
+    return [(model, dataset, method) for model, dataset, method in run_triples(config)
+            if (model, dataset) == (wildcards.model, wildcards.dataset)]
+
+
 def run_scores(wildcards):
     """The scores stores of every method run on (model, dataset)."""
-    return [f"results/scores/{model}/{dataset}/{method}.zarr" for model, dataset, method in run_triples(config)
-            if (model, dataset) == (wildcards.model, wildcards.dataset)]
+    return [SCORES.format(model=model, dataset=dataset, method=method) for model, dataset, method in _runs_on(wildcards)]
 
 
 def run_caches(wildcards):
     """The cache stores of every method run on (model, dataset), in the order of :func:`run_scores`."""
-    return [f"results/cache/{model}/{dataset}/{method}.zarr" for model, dataset, method in run_triples(config)
-            if (model, dataset) == (wildcards.model, wildcards.dataset)]
+    return [CACHE.format(model=model, dataset=dataset, method=method) for model, dataset, method in _runs_on(wildcards)]
 
 
 def run_masks(wildcards):
@@ -42,10 +46,9 @@ def run_masks(wildcards):
 def ood_figure_scores(wildcards):
     """A model's out-of-distribution scores stores and the clean ones they are compared with."""
     clean_datasets = {ood["dataset"] for ood in config["ood"].values()}
-    clean = [f"results/scores/{model}/{dataset}/{method}.zarr" for model, dataset, method in run_triples(config)
+    clean = [path for path, (model, dataset, _) in zip(all_scores(), run_triples(config))
              if model == wildcards.model and dataset in clean_datasets]
-    shifted = [f"results/scores/{model}/{ood}/{method}/{corruption}-s{severity}.zarr"
-               for model, ood, method, corruption, severity in ood_runs(config) if model == wildcards.model]
+    shifted = [path for path, run in zip(all_ood_scores(), ood_runs(config)) if run[0] == wildcards.model]
     return clean + shifted
 
 

@@ -14,7 +14,7 @@ rule infer:
         model_inputs,
         checkpoint="results/checkpoints/{model}/{dataset}/{method}/checkpoint.pt",
     output:
-        directory("results/cache/{model}/{dataset}/{method}.zarr"),
+        directory(CACHE),
     params:
         dataset=dataset_spec,
         split=test_split,
@@ -45,7 +45,7 @@ rule infer_ood:
         model_inputs,
         checkpoint=ood_checkpoint,
     output:
-        directory("results/cache/{model}/{ood}/{method}/{corruption}-s{severity}.zarr"),
+        directory(OOD_CACHE),
     params:
         dataset=ood_spec,
         split=ood_test_split,

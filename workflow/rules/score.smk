@@ -29,10 +29,10 @@ rule project_masks:
 
 rule score:
     input:
-        cache="results/cache/{model}/{dataset}/{method}.zarr",
+        cache=CACHE,
         masks=projections_for_cache,
     output:
-        directory("results/scores/{model}/{dataset}/{method}.zarr"),
+        directory(SCORES),
     params:
         normalization=config["scoring"]["normalization"],
     log:
@@ -50,10 +50,10 @@ rule score:
 
 rule score_ood:
     input:
-        cache="results/cache/{model}/{ood}/{method}/{corruption}-s{severity}.zarr",
+        cache=OOD_CACHE,
         masks=projections_for_cache,
     output:
-        directory("results/scores/{model}/{ood}/{method}/{corruption}-s{severity}.zarr"),
+        directory(OOD_SCORES),
     params:
         normalization=config["scoring"]["normalization"],
     log:
