@@ -102,10 +102,12 @@ def test_demo_tables_figures_and_report(finished_report: Path) -> None:
     assert set(paper.metric) == {"accuracy", "pt", "ir"} and set(paper.method) == {"zs", "lp", "ft"}
     assert "### tiny-vit: accuracy" in (results / "tables" / "paper.md").read_text()
     assert (results / "tables" / "paper.tex").read_text().count(r"\begin{table}") == 1 + 2 * 2 * 3
+    ood = pd.read_csv(results / "tables" / "ood.csv")
+    assert set(zip(ood.corruption, ood.severity)) == {("fog", 3)} and set(ood.method) == {"zs", "lp", "ft"}
     bootstrap = pd.read_csv(results / "tables" / "bootstrap.csv")
     assert len(bootstrap) == 3 * 2 * 3 and (bootstrap.accuracy_low <= bootstrap.accuracy).all()
     figures = ["threshold_tiny-vit_demo", "start_layer_tiny-vit_demo", "gallery_tiny-vit_demo",
-               "gallery_tiny-vit_demo_changed", "ood_tiny-vit"]
+               "gallery_tiny-vit_demo_changed", "ood_tiny-vit", "ood_tiny-vit_per_corruption"]
     for name in figures:
         with Image.open(results / "figures" / f"{name}.png") as image:
             assert image.format == "PNG" and min(image.size) >= 200
@@ -125,7 +127,7 @@ def test_new_threshold_reruns_tables_and_the_figures_that_show_it(finished_repor
     result = snakemake(finished_report, "-n", "tables_and_figures", config=("threshold=0.6",))
     assert planned_jobs(result.stdout + result.stderr) == {
         "pt_ir_table": 1, "bootstrap_table": 1, "start_layer_figure": 1, "gallery": 1, "gallery_changed": 1,
-        "ood_figure": 1, "tables_and_figures": 1}
+        "ood_figure": 1, "ood_figure_per_corruption": 1, "ood_table": 1, "tables_and_figures": 1}
     assert planned_jobs(snakemake(finished_report, "-n", "tables_and_figures").stdout) == {}
 
 

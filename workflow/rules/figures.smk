@@ -10,7 +10,10 @@ gallery             scores + caches + mask store of (model, dataset), and the da
 gallery_changed     the same -> results/figures/gallery_{model}_{dataset}_changed.png: samples whose
                     quadrant changed from zero-shot to a fine-tuned method
 ood_figure          clean and out-of-distribution scores of a model -> results/figures/ood_{model}.png:
-                    accuracy, PT and IR against corruption severity (the paper's Figure 4)
+                    accuracy, PT and IR against corruption severity (the paper's Figure 4), a line
+                    per method averaged over the corruptions
+ood_figure_per_corruption  the same -> results/figures/ood_{model}_per_corruption.png: a row per
+                    corruption
 tables_and_figures  every table and figure of the grid: `snakemake --cores 8 tables_and_figures`,
                     then `snakemake --report results/report.html tables_and_figures`
 """
@@ -61,7 +64,8 @@ def all_figures():
                for model, dataset in runs for kind in ("threshold", "start_layer", "gallery")]
     figures += [f"results/figures/gallery_{model}_{dataset}_changed.png" for (model, dataset), kinds in runs.items()
                 if kinds.count("zero_shot") == 1 and len(kinds) > 1]
-    figures += [f"results/figures/ood_{model}.png" for model in dict.fromkeys(run[0] for run in ood_runs(config))]
+    figures += [f"results/figures/ood_{model}{layout}.png" for model in dict.fromkeys(run[0] for run in ood_runs(config))
+                for layout in ("", "_per_corruption")]
     return figures
 
 
@@ -157,10 +161,11 @@ rule ood_figure:
         ood_figure_scores,
     output:
         report("results/figures/ood_{model}.png", caption="../report/ood.rst", category="Figures",
-               subcategory="Corruption severity", labels={"model": "{model}"}),
+               subcategory="Corruption severity", labels={"model": "{model}", "corruptions": "mean"}),
     params:
         threshold=config["threshold"],
         undefined=config["undefined_policy"],
+        layout="",
     log:
         "results/logs/figures/ood_{model}.log",
     benchmark:
@@ -171,11 +176,27 @@ rule ood_figure:
         runtime=10,
     shell:
         "rationality figure ood {input:q} --threshold {params.threshold} --undefined {params.undefined}"
-        " --out {output:q} > {log:q} 2>&1"
+        " {params.layout} --out {output:q} > {log:q} 2>&1"
+
+
+use rule ood_figure as ood_figure_per_corruption with:
+    output:
+        report("results/figures/ood_{model}_per_corruption.png", caption="../report/ood_per_corruption.rst",
+               category="Figures", subcategory="Corruption severity",
+               labels={"model": "{model}", "corruptions": "each"}),
+    params:
+        threshold=config["threshold"],
+        undefined=config["undefined_policy"],
+        layout="--per-corruption",
+    log:
+        "results/logs/figures/ood_{model}_per_corruption.log",
+    benchmark:
+        "results/benchmarks/figures/ood_{model}_per_corruption.tsv"
 
 
 rule tables_and_figures:
     input:
         rules.pt_ir_table.output,
         rules.bootstrap_table.output,
+        rules.ood_table.output if config["ood"] else [],
         all_figures(),

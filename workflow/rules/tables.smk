@@ -8,6 +8,9 @@ pt_ir_table      every scores store of the runs grid ->
                  plus their average, for accuracy, PT and IR; best bold, second best underlined).
 bootstrap_table  the same stores -> results/tables/bootstrap.csv: accuracy, PT and IR with bootstrap
                  95% percentile intervals (1,000 resamples of the samples, seed 0).
+ood_table        every out-of-distribution scores store -> results/tables/ood.csv: the columns of
+                 pt_ir.csv, one row per (model, set, corruption, severity, method, explainer, policy);
+                 the clean rows (severity 0) are pt_ir.csv's.
 """
 
 
@@ -57,3 +60,24 @@ rule bootstrap_table:
     shell:
         "rationality bootstrap {input:q} --threshold {params.threshold} --undefined {params.undefined}"
         " --resamples {params.resamples} --seed {params.seed} --out {output:q} > {log:q} 2>&1"
+
+
+rule ood_table:
+    input:
+        all_ood_scores(),
+    output:
+        report("results/tables/ood.csv", caption="../report/ood_table.rst", category="Tables"),
+    params:
+        threshold=config["threshold"],
+        undefined=config["undefined_policy"],
+    log:
+        "results/logs/tables/ood.log",
+    benchmark:
+        "results/benchmarks/tables/ood.tsv"
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "rationality table {input:q} --threshold {params.threshold} --undefined {params.undefined}"
+        " --out {output:q} > {log:q} 2>&1"
