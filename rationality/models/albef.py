@@ -47,7 +47,6 @@ import pickle
 import re
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +57,7 @@ from transformers import BertConfig, BertModel, BertTokenizer
 from rationality.data.geometry import Geometry
 from rationality.errors import ConfigError
 from rationality.models._tokenizers import bert_tokenizer_from_vocab, check_tokenizer
-from rationality.models.base import ModelSpec, VisionLanguageAdapter, register_adapter
+from rationality.models.base import ModelSpec, VisionLanguageAdapter, register_adapter, swapped_attention
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 #: ALBEF normalises images with CLIP's statistics (its dataset/__init__.py).
@@ -294,14 +293,5 @@ class AlbefAdapter(VisionLanguageAdapter):
     def image_tower(self) -> nn.Module:
         return self.vision
 
-    @contextlib.contextmanager
-    def recording_attention(self) -> Iterator[list[torch.Tensor]]:
-        probabilities: list[torch.Tensor] = []
-        originals = [block.attn for block in self._blocks]
-        try:
-            for block, original in zip(self._blocks, originals):
-                block.attn = _RecordingAttention(original, probabilities)
-            yield probabilities
-        finally:
-            for block, original in zip(self._blocks, originals):
-                block.attn = original
+    def recording_attention(self) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
+        return swapped_attention(self._blocks, _RecordingAttention)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -121,6 +121,26 @@ class VisionLanguageAdapter(nn.Module, abc.ABC):
             A list that each forward appends to, per block in order: post-softmax attention
             [B, heads, T, T] (T = 1 + gy * gx tokens, CLS first) that is part of the autograd graph.
         """
+
+
+@contextlib.contextmanager
+def swapped_attention(blocks: Sequence[nn.Module],
+                      recorder: Callable[[nn.Module, list[torch.Tensor]], nn.Module]) -> Iterator[list[torch.Tensor]]:
+    """Within the context, each block's ``attn`` is ``recorder(original attn, sink)``; restored on exit.
+
+    For adapters whose attention modules cannot expose their probabilities through a hook: the
+    recorder recomputes the same attention explicitly and appends its probabilities [B, heads, T, T]
+    to the sink, which the context yields.
+    """
+    probabilities: list[torch.Tensor] = []
+    originals = [block.attn for block in blocks]
+    try:
+        for block, original in zip(blocks, originals):
+            block.attn = recorder(original, probabilities)
+        yield probabilities
+    finally:
+        for block, original in zip(blocks, originals):
+            block.attn = original
 
 
 _ADAPTERS: Registry[type[VisionLanguageAdapter]] = Registry("model adapter", "rationality.models._adapters")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import zipfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import open_clip
 import torch
@@ -41,7 +41,7 @@ from torch import nn
 
 from rationality.data.geometry import Geometry
 from rationality.errors import ConfigError
-from rationality.models.base import ModelSpec, VisionLanguageAdapter, register_adapter
+from rationality.models.base import ModelSpec, VisionLanguageAdapter, register_adapter, swapped_attention
 
 open_clip.add_model_config(Path(__file__).parent / "configs")
 
@@ -191,17 +191,8 @@ class OpenClipAdapter(VisionLanguageAdapter):
     def image_tower(self) -> nn.Module:
         return self.model.visual
 
-    @contextlib.contextmanager
-    def recording_attention(self) -> Iterator[list[torch.Tensor]]:
-        probabilities: list[torch.Tensor] = []
-        originals = [block.attn for block in self._blocks]
-        try:
-            for block, original in zip(self._blocks, originals):
-                block.attn = _RecordingAttention(original, probabilities)
-            yield probabilities
-        finally:
-            for block, original in zip(self._blocks, originals):
-                block.attn = original
+    def recording_attention(self) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
+        return swapped_attention(self._blocks, _RecordingAttention)
 
     # ----------------------------------------------------------------- learned context (CoOp)
 
