@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rationality.data.base import DatasetReader, create_dataset
+from rationality.data.shots import describe_short_classes
 from rationality.errors import RationalityError
 
 #: Problems and skipped images listed per dataset; the rest are counted.
@@ -102,10 +103,9 @@ def check_dataset(name: str, spec: dict[str, Any], images: bool = False,
 
 def _check_shots(summary: SplitSummary, class_names: tuple[str, ...], shots: int, problems: list[str]) -> None:
     """Append a problem naming the classes of the training split with fewer than ``shots`` images."""
-    short = [f"{class_names[label]} ({count})" for label, count in enumerate(summary.class_counts) if count < shots]
+    short = describe_short_classes(summary.class_counts, class_names, shots)
     if short:
-        problems.append(f"split {summary.name}: a run trains on shots {shots} per class; {len(short)} classes have "
-                        f"fewer: {', '.join(short[:SHOWN])}{' ...' if len(short) > SHOWN else ''}")
+        problems.append(f"split {summary.name}: a run trains on shots {shots} per class; {short}")
 
 
 def _check_split(

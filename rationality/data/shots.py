@@ -11,6 +11,23 @@ from rationality.data.base import Sample
 from rationality.errors import DataError
 
 
+#: Classes named in a message about classes short of images; the rest are counted.
+SHOWN_CLASSES = 10
+
+
+def describe_short_classes(class_counts: Sequence[int], class_names: Sequence[str], shots: int) -> str | None:
+    """``"2 classes have fewer: b (4), c (0)"`` for the classes with fewer than ``shots`` images, or None.
+
+    Args:
+        class_counts: images per label, indexed like ``class_names``.
+    """
+    short = [f"{name} ({count})" for name, count in zip(class_names, class_counts) if count < shots]
+    if not short:
+        return None
+    more = " ..." if len(short) > SHOWN_CLASSES else ""
+    return f"{len(short)} classes have fewer: {', '.join(short[:SHOWN_CLASSES])}{more}"
+
+
 def few_shot_samples(samples: Sequence[Sample], shots: int, seed: int, class_names: Sequence[str],
                      where: str) -> list[Sample]:
     """``shots`` samples of every class, drawn without replacement, in the order of ``samples``.
@@ -31,11 +48,10 @@ def few_shot_samples(samples: Sequence[Sample], shots: int, seed: int, class_nam
     by_label: dict[int, list[str]] = defaultdict(list)
     for sample in samples:
         by_label[sample.label].append(sample.id)
-    short = [f"{name} ({len(by_label.get(label, []))})" for label, name in enumerate(class_names)
-             if len(by_label.get(label, [])) < shots]
+    short = describe_short_classes([len(by_label.get(label, [])) for label in range(len(class_names))],
+                                   class_names, shots)
     if short:
-        raise DataError(f"{where}: shots {shots} needs {shots} training images per class; "
-                        f"{len(short)} classes have fewer: {', '.join(short[:10])}{' ...' if len(short) > 10 else ''}")
+        raise DataError(f"{where}: shots {shots} needs {shots} training images per class; {short}")
     chosen: set[str] = set()
     for label, ids in by_label.items():
         ids = sorted(ids)
