@@ -14,8 +14,8 @@ ood_figure          clean and out-of-distribution scores of a model -> results/f
                     per method averaged over the corruptions
 ood_figure_per_corruption  the same -> results/figures/ood_{model}_per_corruption.png: a row per
                     corruption
-tables_and_figures  every table and figure of the grid: `snakemake --cores 8 tables_and_figures`,
-                    then `snakemake --report results/report.html tables_and_figures`
+tables_and_figures  every table and figure of the grid, what the default target (the root Snakefile's
+                    `all`) builds: `snakemake --cores 8`, then `snakemake --report results/report.html`
 """
 
 GALLERY_SAMPLES = 6
