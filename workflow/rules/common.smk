@@ -25,6 +25,9 @@ validate(config, "../schemas/config.schema.yaml")
 config.update(validate_config(config, source="workflow config"))
 
 
+#: A trained run's directory and checkpoint; rule outputs and inputs use these.
+CHECKPOINT_DIR = "results/checkpoints/{model}/{dataset}/{method}"
+CHECKPOINT = CHECKPOINT_DIR + "/checkpoint.pt"
 #: The stores' paths, one pattern each: rule outputs and every input list format these.
 CACHE = "results/cache/{model}/{dataset}/{method}.zarr"
 SCORES = "results/scores/{model}/{dataset}/{method}.zarr"
@@ -88,7 +91,11 @@ def ood_spec(wildcards):
 
 def ood_checkpoint(wildcards):
     clean = config["ood"][wildcards.ood]["dataset"]
-    return f"results/checkpoints/{wildcards.model}/{clean}/{wildcards.method}/checkpoint.pt"
+    return CHECKPOINT.format(model=wildcards.model, dataset=clean, method=wildcards.method)
+
+
+def checkpoint_dir(wildcards):
+    return CHECKPOINT_DIR.format(model=wildcards.model, dataset=wildcards.dataset, method=wildcards.method)
 
 
 def method_spec(wildcards):

@@ -12,7 +12,7 @@ rule infer:
     input:
         dataset_inputs,
         model_inputs,
-        checkpoint="results/checkpoints/{model}/{dataset}/{method}/checkpoint.pt",
+        checkpoint=CHECKPOINT,
     output:
         directory(CACHE),
     params:

@@ -42,8 +42,8 @@ rule train:
         dataset_inputs,
         model_inputs,
     output:
-        checkpoint="results/checkpoints/{model}/{dataset}/{method}/checkpoint.pt",
-        train_log="results/checkpoints/{model}/{dataset}/{method}/train_log.csv",
+        checkpoint=CHECKPOINT,
+        train_log=CHECKPOINT_DIR + "/train_log.csv",
     params:
         model=model_spec,
         dataset=dataset_spec,
@@ -53,6 +53,7 @@ rule train:
         launcher=train_launcher,
         device=config["train"]["device"],
         num_workers=config["train"]["num_workers"],
+        out=checkpoint_dir,
     log:
         "results/logs/train/{model}/{dataset}/{method}.log",
     benchmark:
@@ -64,5 +65,5 @@ rule train:
     shell:
         "{params.launcher} train --model {params.model:q} --method {params.method:q}"
         " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
-        " --seed {params.seed} --device {params.device} --num-workers {params.num_workers} --out results/checkpoints/{wildcards.model}/{wildcards.dataset}/{wildcards.method}"
+        " --seed {params.seed} --device {params.device} --num-workers {params.num_workers} --out {params.out:q}"
         " > {log:q} 2>&1"
