@@ -321,10 +321,66 @@ def test_autocast_heatmaps_stay_close_to_fp32(classifier: ImageClassifier, preci
     logits32, heatmaps32 = explain_batch(classifier, pixels, labels, explainers)
     logits, heatmaps = explain_batch(classifier, pixels, labels, explainers, precision=precision)
     assert heatmaps.dtype == logits.dtype == torch.float32
-    scale = heatmaps32.flatten(3).abs().amax(dim=-1, keepdim=True)  # per sample, explainer, start layer
-    relative = ((heatmaps - heatmaps32).flatten(3).abs() / scale).max().item()
+    relative = _relative_error(heatmaps, heatmaps32)
     assert 1e-4 < relative < bound  # autocast did run, and stayed within the bound
     assert (logits - logits32).abs().max() < 0.05
+
+
+def _relative_error(heatmaps: torch.Tensor, reference: torch.Tensor) -> float:
+    """The largest difference as a fraction of each (sample, explainer, start layer) map's maximum."""
+    scale = reference.flatten(3).abs().amax(dim=-1, keepdim=True)
+    return ((heatmaps - reference).flatten(3).abs() / scale).max().item()
+
+
+def _prompt_classifier(adapter, logit_scale: float) -> ImageClassifier:
+    head = PromptHead.from_prompts(adapter, PROMPTS)
+    head.scale.fill_(logit_scale)
+    return ImageClassifier(adapter, head).eval()
+
+
+def test_fp16_loss_scaling_keeps_small_gradients(tiny_adapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A logit scale of 1e-4 makes dy/dA small enough to underflow in fp16: 4.5% error without loss
+    scaling, 0.17% with it (measured)."""
+    import rationality.explain.batch as batch
+
+    classifier = _prompt_classifier(tiny_adapter, 1e-4)
+    pixels, labels = _pixels(8, seed=9), torch.arange(8) % 4
+    explainers = [create_explainer("generic_attention"), create_explainer("attention_gradient")]
+    _, reference = explain_batch(classifier, pixels, labels, explainers)
+    _, scaled = explain_batch(classifier, pixels, labels, explainers, precision="fp16")
+    monkeypatch.setattr(batch, "FP16_INITIAL_SCALE", 1.0)
+    _, unscaled = explain_batch(classifier, pixels, labels, explainers, precision="fp16")
+    assert _relative_error(scaled, reference) < 0.005
+    assert _relative_error(unscaled, reference) > 0.02
+
+
+def test_fp16_gradient_overflow_retries_with_a_smaller_scale(tiny_adapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a logit scale of 1e4, dy/dA reaches about 1,350: the first loss scale overflows fp16."""
+    import rationality.explain.batch as batch
+
+    classifier = _prompt_classifier(tiny_adapter, 1e4)
+    pixels, labels = _pixels(8, seed=9), torch.arange(8) % 4
+    explainers = [create_explainer("generic_attention")]
+    scales: list[float] = []
+    real = batch._attention_gradients
+
+    def recording_scales(*args):
+        scales.append(args[-1])
+        return real(*args)
+
+    _, reference = explain_batch(classifier, pixels, labels, explainers)
+    monkeypatch.setattr(batch, "_attention_gradients", recording_scales)
+    _, heatmaps = explain_batch(classifier, pixels, labels, explainers, precision="fp16")
+    assert scales == [batch.FP16_INITIAL_SCALE, batch.FP16_INITIAL_SCALE / batch.FP16_BACKOFF]
+    assert torch.isfinite(heatmaps).all() and _relative_error(heatmaps, reference) < 0.005
+
+
+def test_tf32_is_fp32_on_the_cpu(classifier: ImageClassifier) -> None:
+    pixels, labels = _pixels(4, seed=3), torch.arange(4)
+    explainers = [create_explainer("generic_attention")]
+    fp32 = explain_batch(classifier, pixels, labels, explainers)
+    tf32 = explain_batch(classifier, pixels, labels, explainers, precision="tf32")
+    assert torch.equal(fp32[1], tf32[1]) and torch.get_float32_matmul_precision() == "highest"
 
 
 def test_unknown_precision(classifier: ImageClassifier) -> None:

@@ -4,12 +4,28 @@ Samples of a ViT batch do not interact (no batch statistics), so the gradient of
 sum_i y_{i, t_i} with respect to the batch's attention holds every sample's own gradient:
 one backward pass per batch gives the same heatmaps as one per sample (tested).
 
-Precision: fp32 by default. ``bf16`` / ``fp16`` run the forward and backward passes under
-``torch.autocast`` (meant for GPUs; softmax stays fp32 under autocast) and change every heatmap a
-little: the bound measured on the tiny test model is asserted in ``tests/test_explain.py``.
+The backward pass asks autograd for dy/dA_l only. The GPU stage freezes the weights first
+(``requires_grad_(False)``), so that autograd keeps only what the attention path needs and computes no
+parameter gradients; the graph starts at the pixels, which require grad.
+
+Precision (:data:`PRECISIONS`), each a named option because it changes every heatmap a little
+(measured bounds in ``tests/test_explain.py`` and in the README's performance section):
+
+* ``fp32`` (default): IEEE float32 everywhere, TensorFloat-32 switched off for matrix products and
+  convolutions (PyTorch allows it for cuDNN convolutions by default);
+* ``tf32``: float32 tensors, matrix products and convolutions on TensorFloat-32 tensor cores
+  (Ampere and later GPUs; the same as ``fp32`` on a CPU);
+* ``bf16`` / ``fp16``: forward and backward under ``torch.autocast`` (softmax stays float32 there).
+  fp16's five exponent bits would flush small attention gradients to zero, so the target logit is
+  multiplied by a loss scale before the backward pass and the gradients divided by it afterwards, as
+  automatic mixed precision does for training; when a gradient overflows, the batch is recomputed
+  with a smaller scale.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import torch
 
@@ -17,8 +33,15 @@ from rationality.errors import ConfigError
 from rationality.explain.base import Explainer
 from rationality.models.heads import ImageClassifier
 
-#: Precision names -> autocast dtype (None: no autocast, fp32).
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Precision names -> autocast dtype (None: no autocast, float32 tensors).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "tf32": None, "bf16": torch.bfloat16,
+                                             "fp16": torch.float16}
+#: fp16's first loss scale, and the factor it shrinks by after an overflow (down to 1). The target is a
+#: sum of logits, not a mean loss, so attention gradients grow with the logit scale (up to 14 measured on
+#: the tiny test model with CLIP's scale of 100): 2**10 keeps gradients up to 64 finite at the first try,
+#: and lifts those down to 2**-24 / 2**10 out of fp16's underflow.
+FP16_INITIAL_SCALE = 2.0**10
+FP16_BACKOFF = 2.0**5
 
 
 def explain_batch(
@@ -28,27 +51,65 @@ def explain_batch(
     """Explain each sample's ground-truth class logit.
 
     Args:
-        classifier: adapter + head, in eval mode.
+        classifier: adapter + head, in eval mode (weights best frozen: see the module docstring).
         pixels: normalised images [B, 3, H, W].
         labels: ground-truth class indices [B].
         explainers: E explainers.
-        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast); changes results slightly.
+        precision: a name of :data:`PRECISIONS`; changes results slightly.
 
     Returns:
         logits [B, C] (detached, float32) and heatmaps [B, E, L, gy, gx] (detached, float32), where L is the
         number of image blocks and index s along L is start layer s.
+
+    Raises:
+        ConfigError: an unknown precision, or logits or gradients that overflow in fp16 (use bf16).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    scale = FP16_INITIAL_SCALE if precision == "fp16" else 1.0
+    while True:
+        logits, attentions, gradients = _attention_gradients(classifier, pixels, labels, precision, scale)
+        if all(torch.isfinite(g).all() for g in gradients):
+            break
+        if scale == 1.0:
+            raise ConfigError(f"precision {precision}: the attention gradients overflow even without loss scaling; "
+                              f"use bf16")
+        scale = max(scale / FP16_BACKOFF, 1.0)
+    heatmaps = torch.stack([explainer(attentions, gradients) for explainer in explainers], dim=1)
+    return logits, heatmaps.reshape(*heatmaps.shape[:3], *classifier.adapter.grid)
+
+
+def _attention_gradients(
+    classifier: ImageClassifier, pixels: torch.Tensor, labels: torch.Tensor, precision: str, scale: float,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """One forward and one backward pass: logits [B, C], and per block A_l and dy/dA_l [B, heads, T, T].
+
+    All float32 and detached; the gradients are divided by ``scale`` again.
+    """
     autocast_dtype = PRECISIONS[precision]
-    adapter = classifier.adapter
     pixels = pixels.detach().requires_grad_(True)  # builds the graph even with frozen weights
-    with (torch.enable_grad(), adapter.recording_attention() as attentions,
+    with (torch.enable_grad(), float32_matmul_precision(precision),
+          classifier.adapter.recording_attention() as attentions,
           torch.autocast(pixels.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)):
         logits = classifier(pixels).float()
+        if not torch.isfinite(logits).all():
+            raise ConfigError(f"precision {precision}: non-finite logits (fp16 overflows on this model; use bf16)")
         target = logits.gather(1, labels.view(-1, 1)).sum()
-        gradients = torch.autograd.grad(target, attentions)
-    attentions = [a.detach().float() for a in attentions]
-    gradients = [g.float() for g in gradients]
-    heatmaps = torch.stack([explainer(attentions, gradients) for explainer in explainers], dim=1)
-    return logits.detach(), heatmaps.reshape(*heatmaps.shape[:3], *adapter.grid)
+        gradients = torch.autograd.grad(target * scale if scale != 1.0 else target, attentions)
+    gradients = [g.float() / scale if scale != 1.0 else g.float() for g in gradients]
+    return logits.detach(), [a.detach().float() for a in attentions], gradients
+
+
+@contextlib.contextmanager
+def float32_matmul_precision(precision: str) -> Iterator[None]:
+    """Within the context, float32 matrix products and cuDNN convolutions use TensorFloat-32 for
+    ``tf32`` and IEEE float32 otherwise; the previous settings are restored on exit."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    cudnn = torch.backends.cudnn
+    try:
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=precision == "tf32"):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
