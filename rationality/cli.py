@@ -92,7 +92,7 @@ def _cmd_infer(args: argparse.Namespace) -> None:
     path = run_inference(args.checkpoint, _dataset(args), args.split, args.out, explainers=args.explainers,
                          batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
                          precision=args.precision, corruption=args.corruption, severity=args.severity,
-                         model_name=args.model_name, method_name=args.method_name)
+                         model_name=args.model_name, method_name=args.method_name, chunk_size=args.chunk_size)
     print(f"wrote {path}")
 
 
@@ -304,8 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch-size", type=int, default=32)
     infer.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     infer.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
-    infer.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                       help="fp32, or bf16/fp16 autocast (GPU; changes heatmaps slightly)")
+    infer.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
+                       help="fp32; tf32 matrix products, or bf16/fp16 autocast (GPU; change heatmaps slightly)")
+    infer.add_argument("--chunk-size", type=int,
+                       help="samples per store chunk and resume step (default: the stores' chunk, 1024)")
     infer.add_argument("--corruption", default="none", help="the images' corruption (store attribute)")
     infer.add_argument("--severity", type=int, default=0, choices=range(6), help="its severity, 0 for clean")
     infer.add_argument("--model-name", help="the model's name in the config (store attribute)")
