@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
 from rationality.errors import ConfigError
@@ -172,10 +172,13 @@ def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: Train
         caller = nn.parallel.DistributedDataParallel(
             module, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     torch.manual_seed(run.seed)
+    # Decoding processes pay for images; tensors already in memory (embeddings) are read in this process.
+    workers = 0 if isinstance(dataset, TensorDataset) else run.num_workers
     first_epoch, rows = _resume(run, dict(named), optimizer, scaler)
     for epoch in range(first_epoch, options.epochs + 1):
         loader = DataLoader(dataset, batch_sampler=list(_epoch_batches(len(dataset), options.batch_size, run.seed,
-                                                                       epoch)), num_workers=run.num_workers)
+                                                                       epoch)), num_workers=workers,
+                            pin_memory=run.device.type == "cuda")
         totals = torch.zeros(3, dtype=torch.float64, device=run.device)  # loss sum, correct, seen
         for batch in tqdm(loader, desc=f"{description} epoch {epoch}/{options.epochs}", leave=False,
                           disable=rank != 0):

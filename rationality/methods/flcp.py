@@ -109,28 +109,33 @@ class _PairEncoder(nn.Module):
         self.prompts = prompts
         self.temperature = temperature
 
-    def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Normalised image [B, D] and batch-prompt [B, D] features (with gradients), the normalised
-        embeddings of all class prompts [C, D] (no gradient; for the logged accuracy) and the scale."""
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised image [B, D] and batch-prompt [B, D] features (with gradients) and the scale."""
         image = F.normalize(self.adapter.encode_image(pixels), dim=-1)
         text = F.normalize(self.adapter.encode_text([self.prompts[i] for i in labels.tolist()]), dim=-1)
-        with torch.no_grad():
-            classes = F.normalize(self.adapter.encode_text(self.prompts), dim=-1)
         if self.temperature is None:
             scale = self.adapter.logit_scale()
         else:
             scale = torch.tensor(1.0 / self.temperature, device=image.device)
-        return image, text, classes, scale
+        return image, text, scale
 
 
-def flcp_step(module: nn.Module, batch: list[torch.Tensor],
+def flcp_step(module: nn.Module, batch: list[torch.Tensor], num_classes: int,
               mask_same_class: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CLIP loss over the (global) batch; logits [B, C] over all class prompts for the logged accuracy."""
+    """CLIP loss over the (global) batch, and logits [B, C] for the logged accuracy: each image's
+    similarity to the prompts of the classes in its batch (-inf for the other classes)."""
     pixels, labels = batch[0], batch[1]
-    image, text, classes, scale = module(pixels, labels)
+    image, text, scale = module(pixels, labels)
     all_image, all_text, all_labels = gather_batch(image, text, labels)
     loss = clip_loss((scale * all_image @ all_text.T).float(), all_labels if mask_same_class else None)
-    return loss, (scale * image @ classes.T).detach().float(), labels
+    return loss, in_batch_class_logits((scale * image @ text.T).detach().float(), labels, num_classes), labels
+
+
+def in_batch_class_logits(similarity: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Logits [B, C] from image-prompt similarities [B, B] of a batch whose prompts have ``labels`` [B]:
+    column c holds the similarity to class c's prompt, -inf where no prompt of the batch is of class c."""
+    logits = similarity.new_full((len(similarity), num_classes), float("-inf"))
+    return logits.scatter_reduce(1, labels.expand(len(similarity), -1), similarity, reduce="amax")
 
 
 def contract_parameters(adapter: VisionLanguageAdapter, pixels: torch.Tensor, prompt: str,
@@ -175,8 +180,8 @@ class FLCP(TrainedMethod):
             heatmap code used (DESIGN §1); ``temperature``: 1 / temperature, the scale of the loss.
             Predictions are the same; heatmaps are not (relevance is not scale invariant).
 
-    The logged accuracy is the class accuracy: each image against all class prompts embedded by the
-    current text tower (an extra forward pass of the C prompts per batch, without gradients).
+    The logged accuracy is the class accuracy among the classes of each batch: each image against the
+    prompts of its batch (no extra text-tower pass over all C prompts per step).
     """
 
     paper_start_layer = "last"
@@ -214,7 +219,7 @@ class FLCP(TrainedMethod):
         for parameter in trained:
             parameter.requires_grad_(True)
         encoder = _PairEncoder(adapter, prompts, None if self.learned_scale else self.loss_temperature).train()
-        step = functools.partial(flcp_step, mask_same_class=self.mask_same_class)
+        step = functools.partial(flcp_step, num_classes=len(class_names), mask_same_class=self.mask_same_class)
         train_epochs(encoder, step, train, self, run, "FLCP")
         adapter.requires_grad_(True).eval()
         head = PromptHead.from_prompts(adapter, prompts)

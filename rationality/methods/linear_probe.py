@@ -21,12 +21,17 @@ HEAD_INITS = ("random", "zero_shot")
 
 
 def image_embeddings(adapter: VisionLanguageAdapter, dataset: ImageDataset, batch_size: int,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings [N, D] (float32, on the CPU) and labels [N] of a dataset, in its order, tower frozen."""
+                     run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings [N, D] (float32, on the CPU) and labels [N] of a dataset, in its order, tower frozen.
+
+    Images are decoded by ``run.num_workers`` loader processes.
+    """
     features, labels = [], []
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=False, seed=0, num_workers=run.num_workers,
+                         pin_memory=run.device.type == "cuda")
     with torch.no_grad():
-        for pixels, label, _ in make_loader(dataset, batch_size=batch_size, shuffle=False, seed=0):
-            features.append(adapter.encode_image(pixels.to(device)).float().cpu())
+        for pixels, label, _ in loader:
+            features.append(adapter.encode_image(pixels.to(run.device, non_blocking=True)).float().cpu())
             labels.append(torch.as_tensor(label))
     return torch.cat(features), torch.cat(labels)
 
@@ -81,7 +86,7 @@ class LinearProbe(HeadMethod):
 
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
             run: Run) -> ImageClassifier:
-        features, labels = image_embeddings(adapter, train, self.batch_size, run.device)
+        features, labels = image_embeddings(adapter, train, self.batch_size, run)
         head = self.initial_head(adapter, class_names, features.shape[1], run.seed)
         train_epochs(head, classify_step, TensorDataset(features, labels), self, run, "linear probe")
         return ImageClassifier(adapter, head.eval())
