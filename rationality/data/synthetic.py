@@ -22,6 +22,7 @@ interrupted generation leaves no index behind.
 from __future__ import annotations
 
 import colorsys
+import concurrent.futures
 import csv
 import math
 import os
@@ -68,6 +69,7 @@ def generate_synthetic_dataset(
     image_size: tuple[int, int] = (96, 80),
     background_bias: float = 0.0,
     seed: int = 0,
+    workers: int = 1,
 ) -> None:
     """Write the synthetic dataset into ``root`` (created if needed) in the documented layout.
 
@@ -82,6 +84,7 @@ def generate_synthetic_dataset(
         background_bias: probability in [0, 1] that a ``train`` image's background has its class's
             hue instead of a random one.
         seed: non-negative master seed.
+        workers: processes that render images (the files do not depend on it).
 
     Raises:
         ValueError: for an invalid argument.
@@ -94,20 +97,14 @@ def generate_synthetic_dataset(
     index_path.unlink(missing_ok=True)
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASS_NAMES), encoding="utf-8")
 
-    rows = []
-    for split, count in samples_per_class.items():
-        for label, class_name in enumerate(CLASS_NAMES):
-            for index in range(count):
-                sample_id = f"{split}-{class_name}-{index:04d}"
-                rng = np.random.default_rng(
-                    np.random.SeedSequence(seed, spawn_key=(zlib.crc32(split.encode()), label, index))
-                )
-                size = image_size[::-1] if index % 3 == 2 else image_size
-                cue = split == TRAIN_SPLIT
-                image, mask = _render_sample(rng, label, size, background_bias if cue else 0.0)
-                image.save(root / "images" / f"{sample_id}.png", format="PNG")
-                mask.save(root / "masks" / f"{sample_id}.png", format="PNG")
-                rows.append([sample_id, class_name, split])
+    tasks = [(root, seed, split, label, index, image_size, background_bias if split == TRAIN_SPLIT else 0.0)
+             for split, count in samples_per_class.items()
+             for label in range(len(CLASS_NAMES)) for index in range(count)]
+    if workers > 1:
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            rows = list(pool.map(_write_sample, tasks, chunksize=16))
+    else:
+        rows = [_write_sample(task) for task in tasks]
 
     partial_path = root / "samples.csv.partial"
     with partial_path.open("w", newline="", encoding="utf-8") as handle:
@@ -115,6 +112,19 @@ def generate_synthetic_dataset(
         writer.writerow(_CSV_HEADER)
         writer.writerows(rows)
     os.replace(partial_path, index_path)
+
+
+def _write_sample(task: tuple[Path, int, str, int, int, tuple[int, int], float]) -> list[str]:
+    """Render and save one sample (its own generator, keyed by seed, split, class and index); its index row."""
+    root, seed, split, label, index, image_size, background_bias = task
+    class_name = CLASS_NAMES[label]
+    sample_id = f"{split}-{class_name}-{index:04d}"
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(zlib.crc32(split.encode()), label, index)))
+    size = image_size[::-1] if index % 3 == 2 else image_size
+    image, mask = _render_sample(rng, label, size, background_bias)
+    image.save(root / "images" / f"{sample_id}.png", format="PNG")
+    mask.save(root / "masks" / f"{sample_id}.png", format="PNG")
+    return [sample_id, class_name, split]
 
 
 def _check_arguments(
