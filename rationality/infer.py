@@ -10,7 +10,8 @@ What keeps the device busy:
   (see :mod:`rationality.explain.batch`);
 * images are decoded in ``num_workers`` DataLoader processes into pinned memory and copied to the
   GPU without blocking;
-* Zarr compression and writing run in a writer thread beside the compute;
+* the results of a batch are copied back while the next batch is already computing (nothing waits for
+  the GPU until a batch's results are stored), and Zarr compression and writing run in a writer thread;
 * a CUDA out-of-memory error halves the batch and the stage goes on with the smaller batch (the same
   heatmaps: samples do not interact; the chunks, and so resuming, do not depend on the batch size).
 
@@ -20,6 +21,7 @@ CUDA events, over the wall time of the loop.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import queue
@@ -130,13 +132,21 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
     buffers = _ChunkBuffers(chunks, n_classes, (len(explainers), n_layers, *adapter.grid))
     with (tqdm(total=sum(s.stop - s.start for s in chunks.values()), unit="img", desc=f"infer {out}") as progress,
           _WriterThread(writer) as write):
-        for pixels, labels, indices in loader:
-            labels = torch.as_tensor(labels)
-            logits, heatmaps = compute(pixels.to(torch_device, non_blocking=True),
-                                       labels.to(torch_device, non_blocking=True))
-            for chunk, arrays in buffers.add(indices.numpy(), logits, labels, heatmaps):
+
+        def store(batch: _BatchResult) -> None:
+            for chunk, arrays in buffers.add(*batch.arrays()):
                 write(chunk, arrays)
-            progress.update(len(labels))
+            progress.update(len(batch.positions))
+
+        unstored: list[_BatchResult] = []  # batch k + 1 is launched before batch k is stored
+        try:
+            for pixels, labels, positions in loader:
+                unstored.append(compute(pixels.to(torch_device, non_blocking=True), labels, positions))
+                if len(unstored) == 2:
+                    store(unstored.pop(0))
+        finally:  # also when a later batch failed: what was computed is kept
+            while unstored:
+                store(unstored.pop(0))
     busy = compute.busy_report()
     if busy is not None:
         print(busy, file=sys.stderr)
@@ -164,27 +174,33 @@ class _BatchComputer:
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         self._started = time.perf_counter()
 
-    def __call__(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Logits [B, C] and heatmaps [B, E, L, gy, gx] of one loaded batch, as float32 numpy arrays."""
+    def __call__(self, pixels: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> "_BatchResult":
+        """Launch one loaded batch (pixels on the device, labels [B] and sample positions [B] on the CPU).
+
+        On a GPU the results are copied to the host without waiting; :meth:`_BatchResult.arrays` waits.
+        """
         timed = pixels.device.type == "cuda"
         if timed:
             events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
             events[0].record()
-        logits, heatmaps = self._in_pieces(pixels, labels)
+        logits, heatmaps = self._in_pieces(pixels, labels.to(pixels.device, non_blocking=True))
         if timed:
             events[1].record()
             self._events.append(events)
-        return logits, heatmaps
+        copied = torch.cuda.Event() if timed else None
+        logits, heatmaps = logits.to("cpu", non_blocking=True), heatmaps.to("cpu", non_blocking=True)
+        if copied is not None:
+            copied.record()
+        return _BatchResult(positions, labels, logits, heatmaps, copied)
 
-    def _in_pieces(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _in_pieces(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [self._explain(pixels[i:i + self.batch_size], labels[i:i + self.batch_size])
                  for i in range(0, len(labels), self.batch_size)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    def _explain(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _explain(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         try:
-            logits, heatmaps = explain_batch(self.classifier, pixels, labels, self.explainers, self.precision)
-            return logits.cpu().numpy(), heatmaps.cpu().numpy()
+            return explain_batch(self.classifier, pixels, labels, self.explainers, self.precision)
         except torch.cuda.OutOfMemoryError:
             if len(labels) == 1:
                 raise
@@ -204,6 +220,24 @@ class _BatchComputer:
         return f"GPU busy {busy:.1f} s of {wall:.1f} s wall ({100 * busy / wall:.0f}%)"
 
 
+@dataclasses.dataclass
+class _BatchResult:
+    """A launched batch: its sample positions [B] and labels [B], and its logits [B, C] and heatmaps
+    [B, E, L, gy, gx] on the host once ``copied`` (a CUDA event; None on the CPU) has completed."""
+
+    positions: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+    heatmaps: torch.Tensor
+    copied: torch.cuda.Event | None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(positions, logits, labels, heatmaps) as numpy arrays, after waiting for the copy."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.positions.numpy(), self.logits.numpy(), self.labels.numpy(), self.heatmaps.numpy()
+
+
 class _ChunkBuffers:
     """Collects the batches of each chunk; :meth:`add` yields (chunk, arrays) once a chunk is complete."""
 
@@ -216,7 +250,7 @@ class _ChunkBuffers:
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
         self._missing: dict[int, int] = {}
 
-    def add(self, positions: np.ndarray, logits: np.ndarray, labels: torch.Tensor,
+    def add(self, positions: np.ndarray, logits: np.ndarray, labels: np.ndarray,
             heatmaps: np.ndarray) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """Place one batch (sample ``positions`` [B] of a single chunk, and their arrays)."""
         chunk = self._chunk_of[int(positions[0])]
@@ -227,7 +261,7 @@ class _ChunkBuffers:
             self._missing[chunk] = size
         arrays, rows = self._arrays[chunk], positions - region.start
         arrays[schema.LOGITS][rows] = logits
-        arrays[schema.LABEL][rows] = labels.numpy()
+        arrays[schema.LABEL][rows] = labels
         arrays[schema.HEATMAP][rows] = heatmaps
         self._missing[chunk] -= len(rows)
         if self._missing[chunk] == 0:
