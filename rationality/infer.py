@@ -96,6 +96,8 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
     mean, std = adapter.normalization
     images = ImageDataset(reader, samples, adapter.geometry, mean, std)
     checkpoint_sha256 = file_sha256(checkpoint)
+    dataset_provenance = {schema.ATTR_DATASET_ROOT: str(reader.root.resolve()),
+                          schema.ATTR_DATASET_FINGERPRINT: reader.fingerprint(split)}
     method = create_method(meta["method"])
     n, n_classes, n_layers = len(samples), len(reader.class_names), adapter.num_blocks
     config = {"model": meta["model"], "method": meta["method"], "dataset": dataset, "split": split,
@@ -111,46 +113,46 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
             split=split, method=method_name or method.kind, method_kind=method.kind,
             paper_start_layer=0 if method.paper_start_layer == "first" else n_layers - 1,
             geometry=adapter.geometry.to_dict(), image_normalization={"mean": list(mean), "std": list(std)},
-            checkpoint_sha256=checkpoint_sha256, config=config, corruption=corruption, severity=severity),
+            checkpoint_sha256=checkpoint_sha256, config=config, corruption=corruption, severity=severity,
+            **dataset_provenance),
     )
     fingerprint = hashlib.sha256(json.dumps(
-        {"checkpoint": checkpoint_sha256, "config": config, "version": __version__}, sort_keys=True).encode()
-    ).hexdigest()
+        {"checkpoint": checkpoint_sha256, "config": config, "version": __version__, **dataset_provenance},
+        sort_keys=True).encode()).hexdigest()
     chunk_size = chunk_size or schema.SAMPLE_CHUNK
-    writer = BatchedStoreWriter(out, template, chunk_size, fingerprint)
-    pending = writer.pending_batches
-    if writer.n_batches - len(pending):
-        first = writer.batch_slice(pending[0]).start if pending else n
-        print(f"resuming {writer.partial}: {writer.n_batches - len(pending)} of {writer.n_batches} chunks "
-              f"({chunk_size} samples each) are written; continuing at sample {first} of {n}", file=sys.stderr)
-    torch_device = resolve_device(device)
-    classifier.to(torch_device)
-    chunks = {chunk: writer.batch_slice(chunk) for chunk in pending}
-    loader = DataLoader(images, batch_sampler=list(_batches(chunks, batch_size)), num_workers=num_workers,
-                        pin_memory=torch_device.type == "cuda")
-    compute = _BatchComputer(classifier, explainer_objects, precision, batch_size)
-    buffers = _ChunkBuffers(chunks, n_classes, (len(explainers), n_layers, *adapter.grid))
-    with (tqdm(total=sum(s.stop - s.start for s in chunks.values()), unit="img", desc=f"infer {out}") as progress,
-          _WriterThread(writer) as write):
+    with BatchedStoreWriter(out, template, chunk_size, fingerprint) as writer:
+        pending = writer.pending_batches
+        if writer.n_batches - len(pending):
+            first = writer.batch_slice(pending[0]).start if pending else n
+            print(f"resuming {writer.partial}: {writer.n_batches - len(pending)} of {writer.n_batches} chunks "
+                  f"({chunk_size} samples each) are written; continuing at sample {first} of {n}", file=sys.stderr)
+        torch_device = resolve_device(device)
+        compute = _BatchComputer(classifier.to(torch_device), explainer_objects, precision, batch_size)
+        chunks = {chunk: writer.batch_slice(chunk) for chunk in pending}
+        loader = DataLoader(images, batch_sampler=list(_batches(chunks, batch_size)), num_workers=num_workers,
+                            pin_memory=torch_device.type == "cuda")
+        buffers = _ChunkBuffers(chunks, n_classes, (len(explainers), n_layers, *adapter.grid))
+        with (tqdm(total=sum(s.stop - s.start for s in chunks.values()), unit="img", desc=f"infer {out}") as progress,
+              _WriterThread(writer) as write):
 
-        def store(batch: _BatchResult) -> None:
-            for chunk, arrays in buffers.add(*batch.arrays()):
-                write(chunk, arrays)
-            progress.update(len(batch.positions))
+            def store(batch: _BatchResult) -> None:
+                for chunk, arrays in buffers.add(*batch.arrays()):
+                    write(chunk, arrays)
+                progress.update(len(batch.positions))
 
-        unstored: list[_BatchResult] = []  # batch k + 1 is launched before batch k is stored
-        try:
-            for pixels, labels, positions in loader:
-                unstored.append(compute(pixels.to(torch_device, non_blocking=True), labels, positions))
-                if len(unstored) == 2:
+            unstored: list[_BatchResult] = []  # batch k + 1 is launched before batch k is stored
+            try:
+                for pixels, labels, positions in loader:
+                    unstored.append(compute(pixels.to(torch_device, non_blocking=True), labels, positions))
+                    if len(unstored) == 2:
+                        store(unstored.pop(0))
+            finally:  # also when a later batch failed: what was computed is kept
+                while unstored:
                     store(unstored.pop(0))
-        finally:  # also when a later batch failed: what was computed is kept
-            while unstored:
-                store(unstored.pop(0))
-    busy = compute.busy_report()
-    if busy is not None:
-        print(busy, file=sys.stderr)
-    return writer.finish()
+        busy = compute.busy_report()
+        if busy is not None:
+            print(busy, file=sys.stderr)
+        return writer.finish()
 
 
 def _batches(chunks: dict[int, slice], batch_size: int) -> Iterator[list[int]]:

@@ -1,8 +1,9 @@
 """The GPU stage's machinery: frozen weights, the out-of-memory back-off, chunks apart from batches, the
-writer thread."""
+writer thread, and the dataset provenance that resuming and scoring check."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,16 @@ import pytest
 import torch
 
 import rationality.infer as infer
+from conftest import SYNTHETIC_COUNTS, SYNTHETIC_SIZE
 from rationality import schema
+from rationality.data.geometry import Geometry
+from rationality.data.masks import build_mask_store
+from rationality.data.synthetic import generate_synthetic_dataset
+from rationality.errors import StoreError
 from rationality.explain import create_explainer, explain_batch
 from rationality.infer import run_inference
 from rationality.models import ImageClassifier, PromptHead
+from rationality.scoring.score import ScoringOptions, score_stores
 from rationality.store import BatchedStoreWriter, partial_path
 from rationality.train import train_checkpoint
 
@@ -118,3 +125,58 @@ def test_a_failing_write_stops_the_stage_and_keeps_the_written_chunks(checkpoint
     resumed = _infer(checkpoint, synthetic_spec, out, batch_size=2, chunk_size=2)
     reference = _infer(checkpoint, synthetic_spec, tmp_path / "reference.zarr", batch_size=2, chunk_size=2)
     assert _store_bytes(resumed) == _store_bytes(reference)
+
+
+# --------------------------------------------------------------------------- provenance (issue: shifted stores)
+
+
+@pytest.fixture
+def dataset_copy(synthetic_root: Path, tmp_path: Path) -> dict:
+    """A private copy of the synthetic dataset that a test may edit, as a dataset spec."""
+    root = Path(shutil.copytree(synthetic_root, tmp_path / "data"))
+    return {"name": "synth", "reader": "synthetic", "root": str(root)}
+
+
+def test_resume_after_the_dataset_changed_starts_over(checkpoint: Path, dataset_copy: dict, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Removing a sample before a resume used to publish a store shifted by one sample, its last one NaN."""
+    real, calls = infer.explain_batch, []
+
+    def dies_on_the_second_chunk(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    out = tmp_path / "cache.zarr"
+    monkeypatch.setattr(infer, "explain_batch", dies_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        _infer(checkpoint, dataset_copy, out, batch_size=4, chunk_size=4)
+    monkeypatch.undo()
+    index = Path(dataset_copy["root"]) / "samples.csv"
+    rows = index.read_text().splitlines()
+    removed = next(row for row in rows if row.endswith(",test")).split(",")[0]
+    index.write_text("\n".join(row for row in rows if not row.startswith(removed + ",")) + "\n")
+
+    resumed = schema.open_store(str(_infer(checkpoint, dataset_copy, out, batch_size=4, chunk_size=4)),
+                                schema.StoreKind.CACHE)
+    fresh = schema.open_store(str(_infer(checkpoint, dataset_copy, tmp_path / "fresh.zarr", batch_size=4,
+                                         chunk_size=4)), schema.StoreKind.CACHE)
+    assert removed not in resumed.indexes[schema.SAMPLE] and resumed.sizes[schema.SAMPLE] == 11
+    assert np.isfinite(resumed[schema.LOGITS].values).all()
+    for name in (schema.LOGITS, schema.LABEL, schema.HEATMAP):
+        np.testing.assert_array_equal(resumed[name].values, fresh[name].values)
+    np.testing.assert_array_equal(resumed[schema.SAMPLE].values, fresh[schema.SAMPLE].values)
+
+
+def test_masks_of_a_regenerated_dataset_are_refused(checkpoint: Path, dataset_copy: dict, tmp_path: Path) -> None:
+    """Same name, same ids and labels, other images: scoring used to join them silently."""
+    masks = build_mask_store(dataset_copy, "test", Geometry(64, 64), tmp_path / "masks.zarr")
+    generate_synthetic_dataset(Path(dataset_copy["root"]), samples_per_class=dict(SYNTHETIC_COUNTS),
+                               image_size=SYNTHETIC_SIZE, seed=1)
+    cache = _infer(checkpoint, dataset_copy, tmp_path / "cache.zarr", batch_size=4)
+    with pytest.raises(StoreError, match=r"disagree on dataset_fingerprint: .*\(the dataset's files changed"):
+        score_stores(cache, masks, tmp_path / "scores.zarr", ScoringOptions(), progress=False)
+    assert not (tmp_path / "scores.zarr").exists()
+    score_stores(cache, build_mask_store(dataset_copy, "test", Geometry(64, 64), tmp_path / "masks-again.zarr"),
+                 tmp_path / "scores.zarr", ScoringOptions(), progress=False)

@@ -11,6 +11,8 @@ with :func:`register_dataset` (and is imported in :mod:`rationality.data._reader
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,29 @@ class DatasetReader(abc.ABC):
     def load_image(self, sample: Sample) -> Image.Image:
         """The RGB image of ``sample``. Raises DataError naming the file if missing or corrupt."""
         return read_rgb_image(sample.image_path)
+
+    def source_file(self, sample: Sample) -> Path:
+        """The file that identifies ``sample``'s content in :meth:`fingerprint`: its image. Readers whose
+        images change but whose masks do not (corruptions read from disk) return the clean image."""
+        return sample.image_path
+
+    def fingerprint(self, split: str) -> str:
+        """SHA-256 over the split's listing: class names, and every sample's id, label, source file name
+        and size, in order. Stores record it; a store is resumed, and a cache scored against masks, only
+        when the fingerprints agree, so a dataset regenerated or edited under the same name is noticed.
+
+        Raises:
+            DataError: naming a source file that is missing.
+        """
+        digest = hashlib.sha256(json.dumps(list(self.class_names)).encode())
+        for sample in self.samples(split):
+            path = self.source_file(sample)
+            try:
+                size = path.stat().st_size
+            except OSError as exc:
+                raise DataError(f"{path}: image file is missing ({exc.strerror})") from exc
+            digest.update(json.dumps([sample.id, sample.label, path.name, size]).encode())
+        return digest.hexdigest()
 
 
 def missing_annotation_policy(options: dict[str, Any]) -> str:

@@ -81,6 +81,10 @@ class ImageNetCReader(DatasetReader):
             raise DataError(f"{self.root}: no split {split!r}; ImageNet-C has only {SPLIT!r} (set test_split: val)")
         return [corrupted for corrupted, _ in self._samples.values()]
 
+    def source_file(self, sample: Sample) -> Path:
+        """The val image: ids, labels and masks are the val set's, the same for every corruption."""
+        return self._samples[sample.id][1].image_path
+
     def load_mask(self, sample: Sample) -> np.ndarray:
         """The val image's mask after Resize(256) + CenterCrop(224): bool [224, 224].
 

@@ -47,12 +47,14 @@ def align_stores(cache: xr.Dataset, masks: xr.Dataset, cache_path: str, masks_pa
     """The mask store reordered to the cache's sample order, after checking the stores agree.
 
     Raises:
-        StoreError: different sample ids, labels, dataset, split or geometry.
+        StoreError: different sample ids, labels, dataset (name, root, listing fingerprint), split or geometry.
     """
-    for key in (schema.ATTR_DATASET, schema.ATTR_SPLIT, schema.ATTR_GEOMETRY):
+    for key in (schema.ATTR_DATASET, schema.ATTR_SPLIT, schema.ATTR_GEOMETRY, *schema.DATASET_PROVENANCE):
         if schema.json_attr(cache, key) != schema.json_attr(masks, key):
+            hint = (" (the dataset's files changed between the two stages: rebuild the masks)"
+                    if key == schema.ATTR_DATASET_FINGERPRINT else "")
             raise StoreError(f"{cache_path} and {masks_path} disagree on {key}: "
-                             f"{cache.attrs[key]!r} vs {masks.attrs[key]!r}")
+                             f"{cache.attrs[key]!r} vs {masks.attrs[key]!r}{hint}")
     cache_ids, mask_ids = cache.indexes[schema.SAMPLE], masks.indexes[schema.SAMPLE]
     if not cache_ids.equals(mask_ids):
         if set(cache_ids) != set(mask_ids):
@@ -120,7 +122,7 @@ def score_dataset(cache: xr.Dataset, masks: xr.Dataset, options: ScoringOptions,
         **{key: schema.json_attr(cache, key) for key in (
             schema.ATTR_MODEL, schema.ATTR_DATASET, schema.ATTR_SPLIT, schema.ATTR_METHOD,
             schema.ATTR_METHOD_KIND, schema.ATTR_PAPER_START_LAYER, schema.ATTR_GEOMETRY,
-            schema.ATTR_CORRUPTION, schema.ATTR_SEVERITY)},
+            schema.ATTR_CORRUPTION, schema.ATTR_SEVERITY, *schema.DATASET_PROVENANCE)},
         scoring=asdict(options), cache_path=str(cache_path), masks_path=str(masks_path),
     )
     return xr.Dataset(
