@@ -66,11 +66,12 @@ def build_stores(root: Path, samples: int, layers: int, grid: int, frame: int, c
         heatmaps=heatmaps.astype(np.float32),
         attrs=schema.provenance(schema.StoreKind.CACHE, model="bench", dataset="bench", split="test", method="zs",
                                 method_kind="zero_shot", paper_start_layer=layers - 1, geometry=geometry,
-                                image_normalization="model", checkpoint_sha256="0" * 64, config={}))
+                                image_normalization="model", checkpoint_sha256="0" * 64, config={},
+                                **schema.MOCK_DATASET))
     masks = da.map_blocks(rectangle_masks, da.zeros((samples, frame, frame), chunks=(chunk, frame, frame), dtype=bool),
                           frame=frame, dtype=bool)
     mask_store = schema.masks_dataset(ids=ids, masks=masks, labels=labels, attrs=schema.provenance(
-        schema.StoreKind.MASKS, dataset="bench", split="test", geometry=geometry, config={}))
+        schema.StoreKind.MASKS, dataset="bench", split="test", geometry=geometry, config={}, **schema.MOCK_DATASET))
     return write_dataset(cache, root / "cache.zarr"), write_dataset(mask_store, root / "masks.zarr")
 
 

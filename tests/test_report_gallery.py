@@ -107,7 +107,8 @@ def _cache(spec: dict, method: str, kind: str, seed: int, root: str | None = Non
             schema.StoreKind.CACHE, model="tiny", dataset=spec["name"], split="test", method=method, method_kind=kind,
             paper_start_layer=2 if kind == "zero_shot" else 0, geometry=GEOMETRY.to_dict(),
             image_normalization="model", checkpoint_sha256="0" * 64, config={"dataset": dataset, "split": "test"},
-            corruption=schema.CLEAN, severity=0))
+            corruption=schema.CLEAN, severity=0, dataset_root=str(reader.root.resolve()),
+            dataset_fingerprint=reader.fingerprint("test")))
 
 
 @pytest.fixture(scope="module")
