@@ -36,6 +36,16 @@ def _spec(kind: str, option: str):
     return parse
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def _dataset(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": args.dataset_name, **args.dataset}
 
@@ -82,7 +92,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from rationality.train import train_checkpoint
 
     path = train_checkpoint(args.model, _dataset(args), args.method, args.split, args.out, seed=args.seed,
-                            device=args.device, num_workers=args.num_workers)
+                            device=args.device, num_workers=args.num_workers,
+                            max_batch_per_step=args.max_batch_per_step)
     print(f"wrote {path}")
 
 
@@ -294,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (under torchrun: each process's GPU)")
     train.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
+    train.add_argument("--max-batch-per-step", type=_positive_int, default=None,
+                       help="most images per process and pass; a larger batch_size is accumulated over micro-steps")
     train.add_argument("--out", required=True, help="checkpoint directory")
     train.set_defaults(run=_cmd_train)
 

@@ -81,7 +81,7 @@ class LinearProbe(HeadMethod):
 
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
             run: Run) -> ImageClassifier:
-        features, labels = image_embeddings(adapter, train, self.batch_size, run.device)
+        features, labels = image_embeddings(adapter, train, run.forward_batch(self.batch_size), run.device)
         head = self.initial_head(adapter, class_names, features.shape[1], run.seed)
         train_epochs(head, classify_step, TensorDataset(features, labels), self, run, "linear probe")
         return ImageClassifier(adapter, head.eval())

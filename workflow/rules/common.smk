@@ -184,6 +184,12 @@ def all_ood_scores():
             for model, ood, method, corruption, severity in ood_runs(config)]
 
 
+def max_batch_option(wildcards):
+    """The train command's per-process batch limit (gradient accumulation above it), or nothing."""
+    limit = config["train"]["max_batch_per_step"]
+    return "" if limit is None else f" --max-batch-per-step {limit}"
+
+
 def train_launcher(wildcards):
     """The command that starts training: the CLI, or torchrun with one process per GPU."""
     processes = config["train"]["nproc_per_node"]
