@@ -46,6 +46,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _grids(text: str) -> list[dict[str, list[str]]]:
+    try:
+        grids = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"--grids is not valid JSON/YAML: {exc}") from exc
+    grids = [grids] if isinstance(grids, dict) else grids
+    if not isinstance(grids, list) or not all(
+            isinstance(g, dict) and all(isinstance(g.get(k), list) for k in ("models", "datasets", "methods"))
+            for g in grids):
+        raise argparse.ArgumentTypeError("--grids must be a list of {models: [...], datasets: [...], methods: [...]}")
+    return grids
+
+
 def _dataset(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": args.dataset_name, **args.dataset}
 
@@ -142,7 +155,8 @@ def _cmd_table(args: argparse.Namespace) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6f")
     print(f"wrote {args.out} ({len(table)} rows)")
-    for path in write_layout(table, csv=args.paper_csv, markdown=args.markdown, latex=args.latex, digits=args.digits):
+    for path in write_layout(table, csv=args.paper_csv, markdown=args.markdown, latex=args.latex, digits=args.digits,
+                             grids=args.grids):
         print(f"wrote {path}")
 
 
@@ -352,10 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
                              default=list(START_LAYER_POLICIES), help="start-layer policies")
         if name == "table":
             command.add_argument("--out", required=True, help="CSV to write")
-            command.add_argument("--paper-csv", help="also write the paper-layout tables as CSV (marks in *_mark)")
+            command.add_argument("--paper-csv", help="also write the paper-layout tables as CSV (marks in avg_mark)")
             command.add_argument("--markdown", help="also write them as Markdown")
             command.add_argument("--latex", help="also write them as LaTeX (booktabs)")
             command.add_argument("--digits", type=int, default=3, help="decimals shown (and compared for marks)")
+            command.add_argument("--grids", type=_grids,
+                                 help="the config's runs grids as JSON ([{models, datasets, methods}, ...]): one set "
+                                      "of paper-layout tables each (default: one grid of everything)")
         command.set_defaults(run=_cmd_rescore if name == "rescore" else _cmd_table)
     _add_report_commands(commands)
     return parser

@@ -57,8 +57,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     schema = config_schema()
     _check(config, schema, source)
     filled = _fill_defaults(copy.deepcopy(config), schema, schema)
-    grids = filled["runs"] if isinstance(filled["runs"], list) else [filled["runs"]]
-    entries = [(f"runs[{i}]", grid) for i, grid in enumerate(grids)]
+    entries = [(f"runs[{i}]", grid) for i, grid in enumerate(run_grids(filled))]
     entries += [(f"overrides[{i}]", entry) for i, entry in enumerate(filled["overrides"])]
     for where, entry in entries:
         for section in ("models", "datasets", "methods"):
@@ -129,10 +128,14 @@ def ood_runs(config: dict[str, Any]) -> list[tuple[str, str, str, str, int]]:
             for corruption in ood["corruptions"] for severity in ood["severities"]]
 
 
+def run_grids(config: dict[str, Any]) -> list[dict[str, list[str]]]:
+    """The ``runs`` grids ``{models, datasets, methods}`` as a list (``runs`` may be a single grid)."""
+    return config["runs"] if isinstance(config["runs"], list) else [config["runs"]]
+
+
 def run_triples(config: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Every (model, dataset, method) of ``runs`` (a grid or a list of grids), once, in config order."""
-    grids = config["runs"] if isinstance(config["runs"], list) else [config["runs"]]
-    triples = [(model, dataset, method) for grid in grids
+    triples = [(model, dataset, method) for grid in run_grids(config)
                for model in grid["models"] for dataset in grid["datasets"] for method in grid["methods"]]
     return list(dict.fromkeys(triples))
 

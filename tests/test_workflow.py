@@ -100,7 +100,7 @@ def test_demo_tables_figures_and_report(finished_report: Path) -> None:
     results = finished_report / "results"
     paper = pd.read_csv(results / "tables" / "paper.csv")
     assert set(paper.metric) == {"accuracy", "pt", "ir"} and set(paper.method) == {"zs", "lp", "ft"}
-    assert "### tiny-vit: accuracy" in (results / "tables" / "paper.md").read_text()
+    assert "### accuracy" in (results / "tables" / "paper.md").read_text()
     assert (results / "tables" / "paper.tex").read_text().count(r"\begin{table}") == 1 + 2 * 2 * 3
     ood = pd.read_csv(results / "tables" / "ood.csv")
     assert set(zip(ood.corruption, ood.severity)) == {("fog", 3)} and set(ood.method) == {"zs", "lp", "ft"}

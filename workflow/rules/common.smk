@@ -15,6 +15,7 @@ from rationality.config import (
     ood_dataset_spec,
     ood_runs,
     pretrained_path,
+    run_grids,
     run_triples,
     validate_config,
 )

@@ -4,8 +4,9 @@ pt_ir_table      every scores store of the runs grid ->
                  results/tables/pt_ir.csv: one row per (model, dataset, method, explainer, start-layer
                  policy) with accuracy, pt, ir, rr, rw, wr, ww, n, edge-case counts (empty mask,
                  zero-sum and non-finite heatmap) and the threshold;
-                 results/tables/paper.{csv,md,tex}: the paper's layout (per model, methods x datasets
-                 plus their average, for accuracy, PT and IR; best bold, second best underlined).
+                 results/tables/paper.{csv,md,tex}: the paper's layout (per runs grid, methods x models
+                 x datasets plus each method's average over all its models and datasets, for accuracy,
+                 PT and IR; best average bold, second best underlined).
 bootstrap_table  the same stores -> results/tables/bootstrap.csv: accuracy, PT and IR with bootstrap
                  95% percentile intervals (1,000 resamples of the samples, seed 0).
 ood_table        every out-of-distribution scores store -> results/tables/ood.csv: the columns of
@@ -25,6 +26,7 @@ rule pt_ir_table:
     params:
         threshold=config["threshold"],
         undefined=config["undefined_policy"],
+        grids=as_json(run_grids(config)),
     log:
         "results/logs/tables/pt_ir.log",
     benchmark:
@@ -36,7 +38,7 @@ rule pt_ir_table:
     shell:
         "rationality table {input:q} --threshold {params.threshold} --undefined {params.undefined}"
         " --out {output.csv:q} --paper-csv {output.paper_csv:q} --markdown {output.markdown:q}"
-        " --latex {output.latex:q} > {log:q} 2>&1"
+        " --latex {output.latex:q} --grids {params.grids:q} > {log:q} 2>&1"
 
 
 rule bootstrap_table:
