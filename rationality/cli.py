@@ -92,6 +92,12 @@ def _cmd_datasets_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_config_resolve(args: argparse.Namespace) -> None:
+    from rationality.resolve import format_runs, load_config_files, resolved_runs
+
+    print(format_runs(resolved_runs(load_config_files(args.configs)), args.format), end="")
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from rationality.pretrain import pretrain_image_text
 
@@ -302,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", help="config YAML (e.g. config/config.yaml)")
     check.add_argument("--images", action="store_true", help="also decode every image (slow)")
     check.set_defaults(run=_cmd_datasets_check)
+
+    config_command = commands.add_parser("config", help="inspect a workflow config")
+    config_commands = config_command.add_subparsers(dest="config_command", required=True)
+    resolve = config_commands.add_parser(
+        "resolve", help="every run the workflow would train, one row each, with every hyper-parameter it uses")
+    resolve.add_argument("configs", nargs="+", metavar="CONFIG",
+                         help="config YAML files, merged in order as several Snakemake --configfile files")
+    resolve.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+    resolve.set_defaults(run=_cmd_config_resolve)
 
     pretrain = commands.add_parser("pretrain", help="image-text pretraining of a small random model (demo)")
     pretrain.add_argument("--model", required=True, type=_spec("model", "--model"), help="model spec")

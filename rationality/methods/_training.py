@@ -34,7 +34,7 @@ import csv
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -73,10 +73,19 @@ class TrainingOptions:
     #: :func:`~rationality.data.shots.few_shot_samples`), or None for the whole training split.
     shots: int | None = None
 
+    #: Whether a training step passes images through the model (False: precomputed embeddings, so
+    #: ``max_batch_per_step``, a bound on images per pass, does not apply).
+    passes_images: ClassVar[bool] = True
+
     def step_unit(self) -> int | None:
         """How many consecutive samples of a batch one loss couples, so a micro-step must keep them
         together: 1 (samples independent), a group size, or None for the whole global batch."""
         return 1
+
+    def step_plan(self, processes: int, max_batch_per_step: int | None) -> StepPlan:
+        """How each optimiser step runs on ``processes`` with at most ``max_batch_per_step`` images per pass."""
+        limit = max_batch_per_step if self.passes_images else None
+        return plan_steps(self.batch_size, processes, limit, self.step_unit())
 
     def check_training_options(self) -> None:
         """Raise ConfigError for an unknown optimiser or precision, or a non-positive size."""
@@ -257,7 +266,7 @@ def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: Train
     """
     options.check_training_options()
     rank, size = world()
-    plan = plan_steps(options.batch_size, size, run.max_batch_per_step, options.step_unit())
+    plan = options.step_plan(size, run.max_batch_per_step)
     if rank == 0:
         print(f"{description}: {plan.describe()}", flush=True)
     run.run_dir.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,8 @@ class CoOp(TrainedMethod):
     more epochs on few shots). The logged accuracy is the training class accuracy.
     """
 
+    passes_images = False  # trains on embeddings computed once
+
     paper_start_layer = "last"
 
     lr: float = 2e-3

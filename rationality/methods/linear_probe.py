@@ -79,6 +79,8 @@ class LinearProbe(HeadMethod):
     Embeddings are computed once (no augmentation), then the head is trained on them.
     """
 
+    passes_images = False  # trains on embeddings computed once
+
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
             run: Run) -> ImageClassifier:
         features, labels = image_embeddings(adapter, train, run.forward_batch(self.batch_size), run.device)

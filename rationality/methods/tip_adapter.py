@@ -56,6 +56,8 @@ class TipAdapterF(TrainedMethod):
         beta: sharpness of the affinity exp(-beta * (1 - cos)) (likewise not searched).
     """
 
+    passes_images = False  # trains on embeddings computed once
+
     paper_start_layer = "last"
     trains_image_tower = False
 
