@@ -46,11 +46,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _json(option: str):
+    def parse(text: str) -> Any:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise argparse.ArgumentTypeError(f"{option} is not valid JSON/YAML: {exc}") from exc
+
+    parse.__name__ = option
+    return parse
+
+
 def _grids(text: str) -> list[dict[str, list[str]]]:
-    try:
-        grids = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise argparse.ArgumentTypeError(f"--grids is not valid JSON/YAML: {exc}") from exc
+    grids = _json("--grids")(text)
     grids = [grids] if isinstance(grids, dict) else grids
     if not isinstance(grids, list) or not all(
             isinstance(g, dict) and all(isinstance(g.get(k), list) for k in ("models", "datasets", "methods"))
@@ -163,6 +171,17 @@ def _cmd_table(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({len(table)} rows)")
     for path in write_layout(table, csv=args.paper_csv, markdown=args.markdown, latex=args.latex, digits=args.digits,
                              grids=args.grids):
+        print(f"wrote {path}")
+
+
+def _cmd_ablation_table(args: argparse.Namespace) -> None:
+    from rationality.report.ablations import write_ablation
+    from rationality.report.tables import rationality_table
+
+    table = rationality_table(args.scores, threshold=args.threshold, undefined=args.undefined,
+                              policies=[args.layout["policy"]])
+    for path in write_ablation(table, args.layout, csv=args.out, markdown=args.markdown, latex=args.latex,
+                               digits=args.digits):
         print(f"wrote {path}")
 
 
@@ -389,6 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="the config's runs grids as JSON ([{models, datasets, methods}, ...]): one set "
                                       "of paper-layout tables each (default: one grid of everything)")
         command.set_defaults(run=_cmd_rescore if name == "rescore" else _cmd_table)
+    ablation = commands.add_parser("ablation-table", help="an ablation table in the layout of the paper's Table 3")
+    ablation.add_argument("scores", nargs="+", help="scores stores (.zarr) of every run the table names")
+    ablation.add_argument("--layout", required=True, type=_json("--layout"),
+                          help="which run fills which cell, as JSON (see rationality.report.ablations)")
+    ablation.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    ablation.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
+                          help="how samples with undefined RMA count")
+    ablation.add_argument("--out", required=True, help="CSV to write")
+    ablation.add_argument("--markdown", help="also write it as Markdown")
+    ablation.add_argument("--latex", help="also write it as LaTeX (booktabs)")
+    ablation.add_argument("--digits", type=int, default=3, help="decimals shown (and compared for the best)")
+    ablation.set_defaults(run=_cmd_ablation_table)
     _add_report_commands(commands)
     return parser
 

@@ -10,6 +10,8 @@ import re
 from snakemake.utils import min_version, validate
 
 from rationality.config import (
+    ablation_cells,
+    ablation_triples,
     dataset_spec_for,
     method_spec_for,
     ood_dataset_spec,
@@ -54,7 +56,8 @@ wildcard_constraints:
     ood=_names("ood"),
     corruption=_corruptions(),
     severity=r"[1-5]",
-    method=_names("methods"),
+    method=_alternatives([*config["methods"], *(run[2] for run in ablation_triples(config))]),
+    ablation=_names("ablations"),
     synthetic=_names("synthetic") or "$^",
     geometry=r"r\d+c\d+",
     grid=r"\d+x\d+",
