@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from rationality.report.readme import stage_counts
+from rationality.resolve import load_config_files
 from tests.fixture_trees_paper import REPO, write_paper_config
 from tests.test_workflow import planned_jobs, snakemake
 
@@ -45,4 +47,10 @@ def test_ablations_add_exactly_their_own_jobs(tmp_path: Path) -> None:
     expected.add(("ablation_table", "results/tables/ablations/table3.csv"))
     assert paper_jobs <= both_jobs
     assert both_jobs - paper_jobs == expected
+    # the README's job counts (python -m rationality.report.readme) are the workflow's
+    counts = {stage.stage: stage.jobs for stage in stage_counts(
+        load_config_files([tmp_path / "paper.yaml", tmp_path / "paper-ablations.yaml"]))}
+    jobs = planned_jobs(both.stdout)
+    assert {rule: jobs[rule] for rule in ("train", "infer", "score")} == \
+        {rule: counts[rule] for rule in ("train", "infer", "score")} == {"train": 86, "infer": 86, "score": 86}
 
