@@ -30,7 +30,8 @@ import xarray as xr
 
 from rationality import schema
 from rationality.data.masks import MASK_BATCH
-from rationality.report.readme import VIT_B_BLOCKS, cache_key, paper_config, storage_geometries
+from rationality.report.readme import VIT_B_BLOCKS, cache_key, storage_geometries
+from rationality.resolve import load_config_files
 from rationality.scoring.project import project_mask_store
 from rationality.scoring.score import ScoringOptions, score_stores
 from rationality.store import BatchedStoreWriter
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "storage.json"),
                         help="JSON to write, or - to print only")
     args = parser.parse_args(argv)
-    config = paper_config([args.config])
+    config = load_config_files([args.config])
     with tempfile.TemporaryDirectory() as workdir:
         measured = measure(config, args.samples, Path(workdir))
     report = {"source": "benchmarks/storage.py", "date": datetime.date.today().isoformat(),

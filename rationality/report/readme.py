@@ -56,11 +56,6 @@ PAPER_DATASETS: dict[str, DatasetFacts] = {
 }
 
 
-def paper_config(paths: Sequence[str | Path]) -> dict[str, Any]:
-    """The merged, validated config of ``paths`` (as ``rationality config resolve`` reads them)."""
-    return load_config_files(paths)
-
-
 def dataset_facts(config: dict[str, Any], dataset: str) -> DatasetFacts:
     """The facts of a config dataset (or out-of-distribution set: its clean dataset's test split)."""
     if dataset in config["ood"]:
@@ -227,8 +222,8 @@ def storage_table(config: dict[str, Any], storage: dict[str, Any] | None) -> str
 def generate(root: Path, configs: Sequence[str] = PAPER_CONFIGS, gpu_stage: str = GPU_STAGE,
              storage: str = STORAGE) -> str:
     """The README block (without the markers), from files under ``root``."""
-    paper = paper_config([root / configs[0]])
-    both = paper_config([root / name for name in configs])
+    paper = load_config_files([root / configs[0]])
+    both = load_config_files([root / name for name in configs])
     throughput = read_throughput(root / gpu_stage)
     measured = read_json(root / storage, ("source", "date", "samples", "bytes_per_sample"))
     stages = [(a, b) for a, b in zip(stage_counts(paper), stage_counts(both))]
