@@ -121,3 +121,29 @@ def test_storage_benchmark_in_tiny_mode(small: Path) -> None:
     # compress to about half: their sign and exponent bits repeat); logits 4 B per class
     cache = measured["cache"]
     assert 0.3 * 9_408 < cache["g7-c200-e2-l12"] < cache["g7-c1000-e2-l12"] < 9_408 + 4 * 1000
+
+
+def configfile_misuses(text: str) -> list[str]:
+    """Lines where a word after ``--configfile`` is not a config file: Snakemake would read a target
+    written there as one more config file."""
+    bad = []
+    for line in text.splitlines():
+        command = line.strip().lstrip("#").split(" # ", 1)[0]  # YAML comment lines hold commands too
+        words = command.replace("\\", " ").split() if "snakemake" in command else []
+        if "--configfile" in words:
+            for word in words[words.index("--configfile") + 1:]:
+                if word.startswith("-"):
+                    break
+                if not word.rstrip("`).,;").endswith((".yaml", ".yml", ".json")):
+                    bad.append(line.strip())
+                    break
+    return bad
+
+
+def test_no_target_follows_configfile_in_the_docs() -> None:
+    docs = [REPO / "README.md", REPO / "config" / "README.md", *REPO.glob("config/*.yaml"),
+            *REPO.glob("profiles/*/config.yaml"), REPO / "workflow" / "Snakefile"]
+    assert {str(path.relative_to(REPO)): configfile_misuses(path.read_text()) for path in docs} == \
+        {str(path.relative_to(REPO)): [] for path in docs}
+    assert configfile_misuses("snakemake --cores 8 --configfile config/paper.yaml results/tables/pt_ir.csv") == [
+        "snakemake --cores 8 --configfile config/paper.yaml results/tables/pt_ir.csv"]
