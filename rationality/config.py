@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     schema = config_schema()
     _check(config, schema, source)
     filled = _fill_defaults(copy.deepcopy(config), schema, schema)
-    grids = filled["runs"] if isinstance(filled["runs"], list) else [filled["runs"]]
-    entries = [(f"runs[{i}]", grid) for i, grid in enumerate(grids)]
+    entries = [(f"runs[{i}]", grid) for i, grid in enumerate(run_grids(filled))]
     entries += [(f"overrides[{i}]", entry) for i, entry in enumerate(filled["overrides"])]
     for where, entry in entries:
         for section in ("models", "datasets", "methods"):
@@ -66,6 +66,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
             if unknown:
                 raise ConfigError(f"{source} is invalid:\n  {where}.{section}: {unknown} not defined under {section}")
     _check_ood(filled, source)
+    _check_ablations(filled, source)
     for model, pretrain in filled["pretrain"].items():
         expected = pretrained_path(model)
         if model not in filled["models"] or filled["models"][model]["pretrained"] != expected:
@@ -93,6 +94,34 @@ def _check_ood(config: dict[str, Any], source: str) -> None:
             problems.append(f"unknown corruptions {unknown} for source {ood['source']}; known: {list(known)}")
         if problems:
             raise ConfigError(f"{source} is invalid:\n  ood.{name}: " + "; ".join(problems))
+
+
+def _check_ablations(config: dict[str, Any], source: str) -> None:
+    """Check every ``ablations`` entry against the config and fill each setup's explainer."""
+    variants: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for name, ablation in config["ablations"].items():
+        where = f"ablations.{name}"
+        problems = [f"{section[:-1]} {ablation[section[:-1]]!r} is not defined under {section}"
+                    for section in ("models", "datasets") if ablation[section[:-1]] not in config[section]]
+        problems += [f"method {method!r} is not defined under methods"
+                     for method in ablation["methods"] if method not in config["methods"]]
+        for setup_name, setup in ablation["setups"].items():
+            setup["explainer"] = setup["explainer"] or config["explainers"][0]
+            if setup["explainer"] not in config["explainers"]:
+                problems.append(f"setups.{setup_name}.explainer {setup['explainer']!r} is not one of the config's "
+                                f"explainers {config['explainers']} (the caches hold only those)")
+            for method, changes in setup["set"].items():
+                run = ablation_run_name(method, setup_name)
+                key = (ablation["model"], ablation["dataset"], run)
+                if method not in ablation["methods"]:
+                    problems.append(f"setups.{setup_name}.set.{method}: not one of the ablation's methods")
+                elif run in config["methods"]:
+                    problems.append(f"setups.{setup_name}: its run name {run!r} is also a method's name")
+                elif variants.setdefault(key, changes) != changes:
+                    problems.append(f"setups.{setup_name}: run {run!r} of {key[0]} on {key[1]} is set differently "
+                                    f"by another ablation")
+        if problems:
+            raise ConfigError(f"{source} is invalid:\n  {where}: " + "; ".join(problems))
 
 
 def ood_dataset_spec(config: dict[str, Any], name: str, corruption: str, severity: int) -> dict[str, Any]:
@@ -129,16 +158,73 @@ def ood_runs(config: dict[str, Any]) -> list[tuple[str, str, str, str, int]]:
             for corruption in ood["corruptions"] for severity in ood["severities"]]
 
 
+def run_grids(config: dict[str, Any]) -> list[dict[str, list[str]]]:
+    """The ``runs`` grids ``{models, datasets, methods}`` as a list (``runs`` may be a single grid)."""
+    return config["runs"] if isinstance(config["runs"], list) else [config["runs"]]
+
+
 def run_triples(config: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Every (model, dataset, method) of ``runs`` (a grid or a list of grids), once, in config order."""
-    grids = config["runs"] if isinstance(config["runs"], list) else [config["runs"]]
-    triples = [(model, dataset, method) for grid in grids
+    triples = [(model, dataset, method) for grid in run_grids(config)
                for model in grid["models"] for dataset in grid["datasets"] for method in grid["methods"]]
     return list(dict.fromkeys(triples))
 
 
+#: Joins a method and an ablation setup in the name of the setup's own run: ``lp@adamw``.
+ABLATION_SEPARATOR = "@"
+
+
+def ablation_run_name(method: str, setup: str) -> str:
+    """The run name of ``method`` under an ablation setup that changes its hyper-parameters."""
+    return f"{method}{ABLATION_SEPARATOR}{setup}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationCell:
+    """One cell group of an ablation table: a setup's method, the run that fills it and whose heatmaps.
+
+    Attributes:
+        ablation: the table's name (a key of ``ablations``).
+        setup: the setup's name; ``label`` its row-group title; ``explainer`` its heatmaps.
+        method: the table's column (a method name).
+        run: the (model, dataset, method) run whose scores fill the cells: ``method`` itself, or
+            ``<method>@<setup>`` when the setup changes its hyper-parameters.
+        changes: the hyper-parameters the setup changes (empty for the method's own run).
+    """
+
+    ablation: str
+    setup: str
+    label: str
+    explainer: str
+    method: str
+    run: tuple[str, str, str]
+    changes: dict[str, Any]
+
+
+def ablation_cells(config: dict[str, Any]) -> list[AblationCell]:
+    """Every (ablation, setup, method) of ``ablations``, in config order."""
+    return [AblationCell(name, setup_name, setup["label"], setup["explainer"], method,
+                         (ablation["model"], ablation["dataset"],
+                          ablation_run_name(method, setup_name) if method in setup["set"] else method),
+                         dict(setup["set"].get(method, {})))
+            for name, ablation in config["ablations"].items()
+            for setup_name, setup in ablation["setups"].items() for method in ablation["methods"]]
+
+
+def ablation_triples(config: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The (model, dataset, method) runs the ablation tables need beyond ``runs``, once, in config order:
+    the setups' own runs (``<method>@<setup>``), and any method's run on the ablation's model and
+    dataset that ``runs`` lacks."""
+    main = set(run_triples(config))
+    return list(dict.fromkeys(cell.run for cell in ablation_cells(config) if cell.run not in main))
+
+
 def method_spec_for(config: dict[str, Any], model: str, dataset: str, method: str) -> dict[str, Any]:
-    """The method spec of one run: ``methods.<method>`` with every matching ``overrides`` entry applied."""
+    """The method spec of one run: ``methods.<method>`` with every matching ``overrides`` entry applied;
+    for an ablation setup's run ``<method>@<setup>``, that spec with the setup's changes."""
+    if method not in config["methods"]:
+        cell = next(cell for cell in ablation_cells(config) if cell.run == (model, dataset, method))
+        return {**method_spec_for(config, model, dataset, cell.method), **cell.changes}
     spec = dict(config["methods"][method])
     for entry in config.get("overrides", []):
         if all(name in entry.get(section, [name])

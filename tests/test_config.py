@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rationality.config import (
-    dataset_spec_for, method_spec_for, ood_dataset_spec, ood_runs, run_triples, validate_config,
+    ablation_cells, ablation_triples, dataset_spec_for, method_spec_for, ood_dataset_spec, ood_runs, run_triples,
+    validate_config,
 )
 from rationality.errors import ConfigError
 
@@ -25,7 +26,7 @@ def test_one_grid_is_a_cross_product() -> None:
     config = validate_config(_config())
     assert run_triples(config) == [("b16", "cub", "lp"), ("b16", "dogs", "lp"), ("blip", "cub", "lp"),
                                    ("blip", "dogs", "lp")]
-    assert config["train"] == {"device": "auto", "num_workers": 0, "nproc_per_node": 1}
+    assert config["train"] == {"device": "auto", "num_workers": 0, "nproc_per_node": 1, "max_batch_per_step": None}
 
 
 def test_a_list_of_grids_is_their_union_once() -> None:
@@ -95,3 +96,46 @@ def test_imagenet_c_from_disk_reuses_the_val_set() -> None:
 def test_invalid_ood_sets(ood: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate_config(_config(ood=ood))
+
+
+def _ablation(**changes) -> dict:
+    return {"model": "b16", "dataset": "cub", "methods": ["lp", "coop"],
+            "setups": {"adamw": {"label": "AdamW", "set": {"lp": {"optimizer": "adamw"}}},
+                       "grad": {"label": "gradient", "explainer": "attention_gradient"}}, **changes}
+
+
+def test_ablation_setups_train_their_own_runs_from_the_resolved_spec() -> None:
+    overrides = [{"models": ["b16"], "datasets": ["cub"], "methods": ["lp"], "set": {"epochs": 3}}]
+    config = validate_config(_config(ablations={"t": _ablation()}, overrides=overrides))
+    cells = [(c.setup, c.method, c.run, c.explainer) for c in ablation_cells(config)]
+    assert cells == [("adamw", "lp", ("b16", "cub", "lp@adamw"), "generic_attention"),
+                     ("adamw", "coop", ("b16", "cub", "coop"), "generic_attention"),
+                     ("grad", "lp", ("b16", "cub", "lp"), "attention_gradient"),
+                     ("grad", "coop", ("b16", "cub", "coop"), "attention_gradient")]
+    assert ablation_triples(config) == [("b16", "cub", "lp@adamw"), ("b16", "cub", "coop")]  # coop is not in runs
+    assert method_spec_for(config, "b16", "cub", "lp@adamw") == {
+        "kind": "linear_probe", "lr": 1e-3, "epochs": 3, "optimizer": "adamw"}
+
+
+@pytest.mark.parametrize(("ablation", "message"), [
+    (_ablation(model="vit"), "model 'vit' is not defined under models"),
+    (_ablation(methods=["lp", "zs"]), "method 'zs' is not defined under methods"),
+    (_ablation(setups={"s": {"label": "x", "explainer": "raw_attention"}}),
+     "explainer 'raw_attention' is not one of the config's explainers"),
+    (_ablation(setups={"s": {"label": "x", "set": {"coop": {"lr": 1.0}}}, }, methods=["lp"]),
+     "set.coop: not one of the ablation's methods"),
+])
+def test_ablation_errors_name_the_key(ablation: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"ablations.t: .*{message}"):
+        validate_config(_config(ablations={"t": ablation}))
+
+
+def test_ablation_run_names_are_unique() -> None:
+    methods = {"lp": {"kind": "linear_probe"}, "lp@adamw": {"kind": "linear_probe"}}
+    with pytest.raises(ConfigError, match="run name 'lp@adamw' is also a method's name"):
+        validate_config(_config(ablations={"t": _ablation(methods=["lp"])}, methods=methods))
+    other = _ablation(methods=["lp"], setups={"adamw": {"label": "y", "set": {"lp": {"lr": 1.0}}}})
+    with pytest.raises(ConfigError, match="run 'lp@adamw' of b16 on cub is set differently by another ablation"):
+        validate_config(_config(ablations={"t": _ablation(), "u": other}))
+    with pytest.raises(ConfigError, match="does not match"):
+        validate_config(_config(ablations={"t": _ablation(setups={"a/b": {"label": "x"}})}))

@@ -16,15 +16,25 @@ Seeded, logged per epoch, resumable, with optional mixed precision and DDP:
 * **DDP**: started under ``torchrun`` (``WORLD_SIZE`` > 1), each process takes an equal share of every
   global batch (``batch_size`` stays the global batch size), gradients are averaged across processes,
   and only rank 0 writes the log and the state.
+* **Gradient accumulation**: ``batch_size`` is the global batch of one optimiser step, whatever the
+  hardware. When it does not fit ``Run.max_batch_per_step`` images per process, each step runs as
+  several micro-steps whose gradients add up before the optimiser steps (:func:`plan_steps`). Every
+  micro-step's mean loss is weighted by its share of the step's images, so for a loss that is a mean
+  over independent samples (cross-entropy, no batch statistics: LP, FT, CoOp, Tip-Adapter-F) the
+  step's gradient is that of the whole batch, to float rounding (tested). A loss that couples the
+  samples of a batch (FLCP's contrastive loss) declares the unit it cannot split
+  (:meth:`TrainingOptions.step_unit`): micro-steps hold whole units, and a unit larger than a
+  micro-step is a ConfigError. The log says how each step is split.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -63,6 +73,20 @@ class TrainingOptions:
     #: :func:`~rationality.data.shots.few_shot_samples`), or None for the whole training split.
     shots: int | None = None
 
+    #: Whether a training step passes images through the model (False: precomputed embeddings, so
+    #: ``max_batch_per_step``, a bound on images per pass, does not apply).
+    passes_images: ClassVar[bool] = True
+
+    def step_unit(self) -> int | None:
+        """How many consecutive samples of a batch one loss couples, so a micro-step must keep them
+        together: 1 (samples independent), a group size, or None for the whole global batch."""
+        return 1
+
+    def step_plan(self, processes: int, max_batch_per_step: int | None) -> StepPlan:
+        """How each optimiser step runs on ``processes`` with at most ``max_batch_per_step`` images per pass."""
+        limit = max_batch_per_step if self.passes_images else None
+        return plan_steps(self.batch_size, processes, limit, self.step_unit())
+
     def check_training_options(self) -> None:
         """Raise ConfigError for an unknown optimiser or precision, or a non-positive size."""
         if self.shots is not None and self.shots < 1:
@@ -87,6 +111,9 @@ class Run:
             fingerprint is not resumed.
         device: where tensors go.
         num_workers: image-loading processes.
+        max_batch_per_step: the most images one process puts through one forward and backward pass
+            (what fits its memory); a larger global batch is accumulated over micro-steps. None: no
+            limit, one micro-step per optimiser step.
     """
 
     run_dir: Path
@@ -94,6 +121,64 @@ class Run:
     fingerprint: str = ""
     device: torch.device = torch.device("cpu")
     num_workers: int = 0
+    max_batch_per_step: int | None = None
+
+    def forward_batch(self, batch_size: int) -> int:
+        """The batch size of a pass without gradients (embeddings): ``batch_size`` within the limit."""
+        return batch_size if self.max_batch_per_step is None else min(batch_size, self.max_batch_per_step)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """How one optimiser step's global batch runs on the hardware.
+
+    Attributes:
+        batch_size: images per optimiser step, all processes together (the method's ``batch_size``).
+        processes: data-parallel processes (DDP), each taking an equal share of every micro-step.
+        micro_steps: forward/backward passes per optimiser step (gradient accumulation when above 1).
+        micro_batch: images per micro-step, all processes together (the last may hold fewer).
+    """
+
+    batch_size: int
+    processes: int
+    micro_steps: int
+    micro_batch: int
+
+    def describe(self) -> str:
+        """One log line: the global batch and how it is split."""
+        per_process = -(-self.micro_batch // self.processes)
+        split = (f"{self.micro_steps} micro-steps x {self.processes} process(es) x up to {per_process} images, "
+                 f"gradients accumulated" if self.micro_steps > 1
+                 else f"one pass on {self.processes} process(es), up to {per_process} images each")
+        return f"optimiser steps of {self.batch_size} images (batch_size, the global batch): {split}"
+
+
+def plan_steps(batch_size: int, processes: int, max_batch_per_step: int | None, unit: int | None) -> StepPlan:
+    """Split a global batch into as few, as equal micro-steps as fit ``max_batch_per_step`` per process.
+
+    Args:
+        batch_size: the global batch of one optimiser step.
+        processes: data-parallel processes.
+        max_batch_per_step: images one process can pass at once; None for no limit.
+        unit: consecutive samples that must share a micro-step (see :meth:`TrainingOptions.step_unit`);
+            None for the whole batch.
+
+    Raises:
+        ConfigError: a unit does not fit in one micro-step.
+    """
+    unit = batch_size if unit is None else min(unit, batch_size)
+    if max_batch_per_step is None:
+        return StepPlan(batch_size, processes, 1, batch_size)
+    units = -(-batch_size // unit)
+    units_per_step = processes * max_batch_per_step // unit
+    if units_per_step == 0:
+        raise ConfigError(
+            f"a loss over {unit} images at once (the method couples them) does not fit train.max_batch_per_step "
+            f"{max_batch_per_step} on {processes} process(es): raise max_batch_per_step to at least "
+            f"{-(-unit // processes)}, run on more processes, or (FLCP) set contrastive_batch_size to a divisor "
+            f"of batch_size that fits")
+    micro_steps = -(-units // units_per_step)
+    return StepPlan(batch_size, processes, micro_steps, unit * -(-units // micro_steps))
 
 
 def init_distributed(device: str) -> torch.device:
@@ -122,20 +207,39 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[list[int]]:
-    """This process's share of each global batch of one epoch's (seed, epoch)-seeded permutation.
+@dataclasses.dataclass(frozen=True)
+class MicroStep:
+    """This process's part of one micro-step.
 
-    Under DDP a last batch smaller than the number of processes is dropped: a process without a
-    share would skip the step the others wait for.
+    Attributes:
+        indices: its samples (dataset indices).
+        weight: the factor of its mean loss: its samples' share of the optimiser step's images,
+            times the number of processes (DDP averages the processes' gradients).
+        last: the optimiser steps after this micro-step.
+    """
+
+    indices: list[int]
+    weight: float
+    last: bool
+
+
+def _epoch_micro_steps(n: int, plan: StepPlan, seed: int, epoch: int) -> Iterator[MicroStep]:
+    """This process's micro-steps of one epoch's (seed, epoch)-seeded permutation, step by step.
+
+    Under DDP a micro-step smaller than the number of processes is dropped: a process without a
+    share would skip the pass the others wait for.
     """
     rank, size = world()
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=generator).tolist()
-    for start in range(0, n, batch_size):
-        batch = order[start : start + batch_size]
-        if len(batch) < size:
-            break
-        yield batch[rank * len(batch) // size : (rank + 1) * len(batch) // size]
+    for start in range(0, n, plan.batch_size):
+        batch = order[start : start + plan.batch_size]
+        micro = [batch[i : i + plan.micro_batch] for i in range(0, len(batch), plan.micro_batch)]
+        micro = [part for part in micro if len(part) >= size]
+        total = sum(len(part) for part in micro)
+        for i, part in enumerate(micro):
+            share = part[rank * len(part) // size : (rank + 1) * len(part) // size]
+            yield MicroStep(share, len(share) * size / total, i == len(micro) - 1)
 
 
 def _make_optimizer(parameters: list[nn.Parameter], options: TrainingOptions) -> torch.optim.Optimizer:
@@ -162,6 +266,9 @@ def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: Train
     """
     options.check_training_options()
     rank, size = world()
+    plan = options.step_plan(size, run.max_batch_per_step)
+    if rank == 0:
+        print(f"{description}: {plan.describe()}", flush=True)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
     optimizer = _make_optimizer([p for _, p in named], options)
@@ -176,19 +283,22 @@ def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: Train
     workers = 0 if isinstance(dataset, TensorDataset) else run.num_workers
     first_epoch, rows = _resume(run, dict(named), optimizer, scaler)
     for epoch in range(first_epoch, options.epochs + 1):
-        loader = DataLoader(dataset, batch_sampler=list(_epoch_batches(len(dataset), options.batch_size, run.seed,
-                                                                       epoch)), num_workers=workers,
+        micro_steps = list(_epoch_micro_steps(len(dataset), plan, run.seed, epoch))
+        loader = DataLoader(dataset, batch_sampler=[m.indices for m in micro_steps], num_workers=workers,
                             pin_memory=run.device.type == "cuda")
         totals = torch.zeros(3, dtype=torch.float64, device=run.device)  # loss sum, correct, seen
-        for batch in tqdm(loader, desc=f"{description} epoch {epoch}/{options.epochs}", leave=False,
-                          disable=rank != 0):
+        optimizer.zero_grad(set_to_none=True)
+        for micro, batch in zip(micro_steps, tqdm(loader, desc=f"{description} epoch {epoch}/{options.epochs}",
+                                                  leave=False, disable=rank != 0)):
             batch = _to_device(batch, run.device)
-            with torch.autocast(run.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss, logits, labels = step(caller, batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            with _gradient_sync(caller, micro.last):
+                with torch.autocast(run.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    loss, logits, labels = step(caller, batch)
+                scaler.scale(loss * micro.weight).backward()
+            if micro.last:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
             totals += torch.tensor([float(loss.detach()) * len(labels), int((logits.argmax(1) == labels).sum()),
                                     len(labels)], dtype=torch.float64, device=run.device)
         if size > 1:
@@ -200,6 +310,14 @@ def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: Train
             _save_state(run, epoch, dict(named), optimizer, scaler, rows)
     if rank == 0 and options.epochs == 0:
         _write_log(run.run_dir / TRAIN_LOG_FILE, rows)
+
+
+def _gradient_sync(module: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` for micro-steps before the last of an optimiser step (their gradients only
+    accumulate locally; the last backward pass averages the sum across processes)."""
+    if sync or not isinstance(module, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return module.no_sync()
 
 
 def _write_log(path: Path, rows: list[list[Any]]) -> None:

@@ -87,6 +87,8 @@ class CoOp(TrainedMethod):
     more epochs on few shots). The logged accuracy is the training class accuracy.
     """
 
+    passes_images = False  # trains on embeddings computed once
+
     paper_start_layer = "last"
 
     lr: float = 2e-3
@@ -119,7 +121,7 @@ class CoOp(TrainedMethod):
             raise ConfigError(f"CoOp is implemented for open_clip models, not for adapter {adapter.spec.adapter!r}")
         names = [name.replace("_", " ") for name in class_names]
         learner = _PromptLearner(adapter, self.initial_context(adapter, len(names), run.seed), names)
-        features, labels = image_embeddings(adapter, train, self.batch_size, run)
+        features, labels = image_embeddings(adapter, train, run.forward_batch(self.batch_size), run)
         adapter.requires_grad_(False)
         train_epochs(learner, classify_step, TensorDataset(features, labels), self, run, "CoOp")
         adapter.requires_grad_(True)

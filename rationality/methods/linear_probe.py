@@ -84,9 +84,11 @@ class LinearProbe(HeadMethod):
     Embeddings are computed once (no augmentation), then the head is trained on them.
     """
 
+    passes_images = False  # trains on embeddings computed once
+
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
             run: Run) -> ImageClassifier:
-        features, labels = image_embeddings(adapter, train, self.batch_size, run)
+        features, labels = image_embeddings(adapter, train, run.forward_batch(self.batch_size), run)
         head = self.initial_head(adapter, class_names, features.shape[1], run.seed)
         train_epochs(head, classify_step, TensorDataset(features, labels), self, run, "linear probe")
         return ImageClassifier(adapter, head.eval())

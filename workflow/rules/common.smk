@@ -10,11 +10,14 @@ import re
 from snakemake.utils import min_version, validate
 
 from rationality.config import (
+    ablation_cells,
+    ablation_triples,
     dataset_spec_for,
     method_spec_for,
     ood_dataset_spec,
     ood_runs,
     pretrained_path,
+    run_grids,
     run_triples,
     validate_config,
 )
@@ -53,7 +56,8 @@ wildcard_constraints:
     ood=_names("ood"),
     corruption=_corruptions(),
     severity=r"[1-5]",
-    method=_names("methods"),
+    method=_alternatives([*config["methods"], *(run[2] for run in ablation_triples(config))]),
+    ablation=_names("ablations"),
     synthetic=_names("synthetic") or "$^",
     geometry=r"r\d+c\d+",
     grid=r"\d+x\d+",
@@ -182,6 +186,12 @@ def all_scores():
 def all_ood_scores():
     return [OOD_SCORES.format(model=model, ood=ood, method=method, corruption=corruption, severity=severity)
             for model, ood, method, corruption, severity in ood_runs(config)]
+
+
+def max_batch_option(wildcards):
+    """The train command's per-process batch limit (gradient accumulation above it), or nothing."""
+    limit = config["train"]["max_batch_per_step"]
+    return "" if limit is None else f" --max-batch-per-step {limit}"
 
 
 def train_launcher(wildcards):

@@ -199,4 +199,5 @@ rule tables_and_figures:
         rules.pt_ir_table.output,
         rules.bootstrap_table.output,
         rules.ood_table.output if config["ood"] else [],
+        all_ablation_tables(),
         all_figures(),

@@ -7,7 +7,9 @@ train   model + dataset (train split) + method -> results/checkpoints/{model}/{d
         checkpoint.pt (what the GPU stage loads) and train_log.csv (loss / accuracy per epoch).
         Zero-shot writes a checkpoint too: its text head, nothing trained. An interrupted job resumes
         from its last finished epoch (train_state.pt in the same directory). With
-        train.nproc_per_node > 1 the job runs under torchrun (DDP), one process per GPU.
+        train.nproc_per_node > 1 the job runs under torchrun (DDP), one process per GPU; a method's
+        batch_size larger than nproc_per_node x train.max_batch_per_step is accumulated over
+        micro-steps (the log says how each optimiser step is split).
 """
 
 
@@ -53,6 +55,7 @@ rule train:
         launcher=train_launcher,
         device=config["train"]["device"],
         num_workers=config["train"]["num_workers"],
+        max_batch=max_batch_option,
         out=checkpoint_dir,
     log:
         "results/logs/train/{model}/{dataset}/{method}.log",
@@ -65,5 +68,6 @@ rule train:
     shell:
         "{params.launcher} train --model {params.model:q} --method {params.method:q}"
         " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
-        " --seed {params.seed} --device {params.device} --num-workers {params.num_workers} --out {params.out:q}"
+        " --seed {params.seed} --device {params.device} --num-workers {params.num_workers}{params.max_batch}"
+        " --out {params.out:q}"
         " > {log:q} 2>&1"
