@@ -78,7 +78,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
 
 
 def _check_ood(config: dict[str, Any], source: str) -> None:
-    from rationality.data.corruptions import CORRUPTIONS, IMAGENET_C_CORRUPTIONS
+    from rationality.data.corruptions import CORRUPTIONS
 
     for name, ood in config["ood"].items():
         problems = []
@@ -88,10 +88,17 @@ def _check_ood(config: dict[str, Any], source: str) -> None:
             problems.append(f"dataset {ood['dataset']!r} is not defined under datasets")
         if ood["source"] == "imagenet_c" and "root" not in ood:
             problems.append("source imagenet_c needs root (ImageNet-C's directory)")
-        known = IMAGENET_C_CORRUPTIONS if ood["source"] == "imagenet_c" else CORRUPTIONS
-        unknown = [c for c in ood["corruptions"] if c not in known]
+        unknown = [c for c in ood["corruptions"] if c not in CORRUPTIONS]
         if unknown:
-            problems.append(f"unknown corruptions {unknown} for source {ood['source']}; known: {list(known)}")
+            problems.append(f"unknown corruptions {unknown}; known: {list(CORRUPTIONS)}")
+        if ood["source"] == "on_the_fly" and "frost" in ood["corruptions"] and "frost_dir" not in ood:
+            problems.append("on-the-fly frost needs frost_dir (the directory of ImageNet-C's frost1.png ... frost5.jpg)")
+        if ood["source"] == "imagenet_c" and "frost_dir" in ood:
+            problems.append("frost_dir applies to source on_the_fly only (ImageNet-C's files are already frosted)")
+        for section in ("models", "methods"):
+            undefined = [entry for entry in ood.get(section, []) if entry not in config[section]]
+            if undefined:
+                problems.append(f"{section} {undefined} not defined under {section}")
         if problems:
             raise ConfigError(f"{source} is invalid:\n  ood.{name}: " + "; ".join(problems))
 
@@ -127,18 +134,28 @@ def _check_ablations(config: dict[str, Any], source: str) -> None:
 def ood_dataset_spec(config: dict[str, Any], name: str, corruption: str, severity: int) -> dict[str, Any]:
     """The dataset spec of one (out-of-distribution set, corruption, severity).
 
-    Its samples are those of the clean dataset's test split: same ids, labels and masks.
+    Its samples are those of the clean dataset's test split: same ids, labels and masks. Severity 0
+    is the clean dataset in the set's own frame: for ``source: imagenet_c``, the ImageNet val images
+    through ImageNet-C's Resize(256) + CenterCrop(224), so that severities 0-5 show the same field
+    of view; for ``on_the_fly``, the clean dataset as it is (whatever ``corruption`` says).
     """
+    from rationality.data.geometry import IMAGENET_C_PRE_CROP
+
     ood = config["ood"][name]
     clean = config["datasets"][ood["dataset"]]
     options = dict(clean.get("options", {}))
     if ood["source"] == "imagenet_c":  # the imagenet_c reader applies ImageNet-C's own 256/224 pre-crop
+        if severity == 0:
+            return {**clean, "options": {**options, "pre_crop": [IMAGENET_C_PRE_CROP.resize, IMAGENET_C_PRE_CROP.crop]}}
         options.pop("pre_crop", None)
         return {**clean, "reader": "imagenet_c", "root": ood["root"],
                 "options": {**options, "corruption": corruption, "severity": severity, "val_root": clean["root"]}}
+    if severity == 0:
+        return clean
+    extra = {key: ood[key] for key in ("frost_dir",) if key in ood}
     return {**clean, "reader": "corrupted",
             "options": {"base": {"reader": clean["reader"], "options": options}, "corruption": corruption,
-                        "severity": severity, "seed": ood["seed"]}}
+                        "severity": severity, "seed": ood["seed"], "jpeg_quality": ood["jpeg_quality"], **extra}}
 
 
 def dataset_spec_for(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -151,11 +168,17 @@ def dataset_spec_for(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def ood_runs(config: dict[str, Any]) -> list[tuple[str, str, str, str, int]]:
-    """(model, ood set, method, corruption, severity) for every run whose dataset has ood sets."""
+    """(model, ood set, method, corruption, severity) of every out-of-distribution store: for each run
+    on an ood set's clean dataset (of its ``models`` and ``methods``, when given), the clean images
+    in the set's frame as (``none``, 0), then every corruption at every severity."""
+    from rationality.schema import CLEAN
+
     return [(model, name, method, corruption, severity)
             for model, dataset, method in run_triples(config)
-            for name, ood in config["ood"].items() if ood["dataset"] == dataset
-            for corruption in ood["corruptions"] for severity in ood["severities"]]
+            for name, ood in config["ood"].items()
+            if ood["dataset"] == dataset and model in ood.get("models", [model])
+            and method in ood.get("methods", [method])
+            for corruption, severity in [(CLEAN, 0)] + [(c, s) for c in ood["corruptions"] for s in ood["severities"]]]
 
 
 def run_grids(config: dict[str, Any]) -> list[dict[str, list[str]]]:

@@ -1,7 +1,7 @@
 """config/paper.yaml with every dataset root on a small fixture tree in the real format.
 
 :func:`write_paper_config` gives the workflow tests a copy of the paper's config whose four datasets,
-ImageNet-C set and ALBEF checkpoint exist under ``root``, so that ``rationality datasets check`` and
+ImageNet-C set and ALBEF and BLIP checkpoints exist under ``root``, so that ``rationality datasets check`` and
 Snakemake dry runs see the paper's full grid without any download.
 """
 
@@ -30,13 +30,14 @@ def write_paper_config(root: Path) -> dict:
         (root / "imagenet" / "train" / wnid).mkdir(parents=True)
         Image.new("RGB", (40, 30)).save(root / "imagenet" / "train" / wnid / f"{wnid}_1.JPEG")
     config["datasets"]["imagenet"]["root"] = str(root / "imagenet")
-    config["datasets"]["imagenet"]["options"]["expect_classes"] = len(WNIDS)
+    config["datasets"]["imagenet"].setdefault("options", {})["expect_classes"] = len(WNIDS)
     write_imagenet_c(root / "imagenet", root / "imagenet-c", ("fog",), (1,))
     config["ood"]["imagenet-c"]["root"] = str(root / "imagenet-c")
     config["methods"]["tip_adapter_f"]["shots"] = 1  # the fixture trees hold a few images per class
     config["methods"]["coop"]["shots"] = 1
-    albef = root / "ALBEF.pth"
-    albef.write_bytes(b"")  # the file's presence is all a dry run needs
-    config["models"]["albef"]["pretrained"] = str(albef)
+    for model in ("albef", "blip"):  # the released files' presence is all a dry run needs
+        if config["models"][model]["pretrained"] not in (None, "hub"):
+            (root / f"{model}.pth").write_bytes(b"")
+            config["models"][model]["pretrained"] = str(root / f"{model}.pth")
     (root / "paper.yaml").write_text(yaml.safe_dump(config))
     return config

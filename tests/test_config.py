@@ -64,14 +64,28 @@ def test_ood_sets_expand_to_runs_and_dataset_specs() -> None:
         "cub": {"reader": "cub", "root": "c", "options": {"segmentations_dir": "s"}},
         "dogs": {"reader": "stanford_dogs", "root": "d"}}))
     runs = ood_runs(config)
-    assert len(runs) == 2 * (4 + 5)  # 2 models x lp x (cub-c: 2 corruptions x 2 severities; dogs-c: 5)
-    assert ("blip", "cub-c", "lp", "gaussian_noise", 5) in runs
+    # 2 models x lp x (cub-c: clean + 2 corruptions x 2 severities; dogs-c: clean + 5 severities)
+    assert len(runs) == 2 * ((1 + 4) + (1 + 5))
+    assert ("blip", "cub-c", "lp", "gaussian_noise", 5) in runs and ("blip", "cub-c", "lp", "none", 0) in runs
     spec = ood_dataset_spec(config, "cub-c", "fog", 5)
     assert spec["reader"] == "corrupted" and spec["root"] == "c" and spec["test_split"] == "test"
     assert spec["options"] == {"base": {"reader": "cub", "options": {"segmentations_dir": "s"}},
-                               "corruption": "fog", "severity": 5, "seed": 0}
+                               "corruption": "fog", "severity": 5, "seed": 0, "jpeg_quality": 85}
+    assert ood_dataset_spec(config, "cub-c", "none", 0) == config["datasets"]["cub"]  # on the fly: clean as it is
     assert dataset_spec_for(config, "cub-c") == ood_dataset_spec(config, "cub-c", "fog", 1)
     assert dataset_spec_for(config, "cub") == config["datasets"]["cub"]
+
+
+def test_ood_set_limited_to_models_and_methods_with_frost_from_a_directory() -> None:
+    ood = {"cub-c": {"dataset": "cub", "corruptions": ["frost", "saturate"], "severities": [2], "models": ["b16"],
+                     "methods": ["lp"], "frost_dir": "frost", "jpeg_quality": None}}
+    config = validate_config(_config(ood=ood, runs={"models": ["b16", "blip"], "datasets": ["cub"],
+                                                    "methods": ["lp", "coop"]}))
+    assert ood_runs(config) == [("b16", "cub-c", "lp", "none", 0), ("b16", "cub-c", "lp", "frost", 2),
+                                ("b16", "cub-c", "lp", "saturate", 2)]
+    assert ood_dataset_spec(config, "cub-c", "frost", 2)["options"] == {
+        "base": {"reader": "cub", "options": {}}, "corruption": "frost", "severity": 2, "seed": 0,
+        "jpeg_quality": None, "frost_dir": "frost"}
 
 
 def test_imagenet_c_from_disk_reuses_the_val_set() -> None:
@@ -86,12 +100,33 @@ def test_imagenet_c_from_disk_reuses_the_val_set() -> None:
     assert spec["options"] == {"corruption": "fog", "severity": 2, "val_root": "val"}  # its own pre-crop
 
 
+def test_imagenet_c_severity_zero_is_the_val_set_in_imagenet_cs_frame() -> None:
+    """The main table reads ImageNet in each model's own geometry; ImageNet-C's severity 0 reads the
+    same val images through ImageNet-C's Resize(256) + CenterCrop(224), as its files were made."""
+    datasets = {"imagenet": {"reader": "imagenet", "root": "val", "test_split": "val", "options": {"boxes": "b.csv"}}}
+    ood = {"imagenet-c": {"dataset": "imagenet", "source": "imagenet_c", "root": "inc",
+                          "corruptions": ["speckle_noise", "jpeg_compression"]}}
+    config = validate_config(_config(datasets=datasets, ood=ood,
+                                     runs={"models": ["b16"], "datasets": ["imagenet"], "methods": ["lp"]}))
+    assert ood_dataset_spec(config, "imagenet-c", "none", 0) == {
+        "reader": "imagenet", "root": "val", "train_split": "train", "test_split": "val",
+        "options": {"boxes": "b.csv", "pre_crop": [256, 224]}}
+    assert config["datasets"]["imagenet"]["options"] == {"boxes": "b.csv"}  # the main table's: no pre-crop
+    assert ood_runs(config)[0] == ("b16", "imagenet-c", "lp", "none", 0)
+
+
 @pytest.mark.parametrize(("ood", "message"), [
     ({"cub": {"dataset": "cub", "corruptions": ["fog"]}}, "ood.cub: is also the name of a dataset"),
     ({"x": {"dataset": "nope", "corruptions": ["fog"]}}, "dataset 'nope' is not defined"),
     ({"x": {"dataset": "cub", "source": "imagenet_c", "corruptions": ["fog"]}}, "needs root"),
     ({"x": {"dataset": "cub", "corruptions": ["rain"]}}, r"unknown corruptions \['rain'\]"),
     ({"x": {"dataset": "cub", "corruptions": ["fog"], "severities": [6]}}, "ood.x.severities"),
+    ({"x": {"dataset": "cub", "corruptions": ["frost"]}}, "on-the-fly frost needs frost_dir"),
+    ({"x": {"dataset": "cub", "source": "imagenet_c", "root": "r", "corruptions": ["frost"], "frost_dir": "f"}},
+     "frost_dir applies to source on_the_fly only"),
+    ({"x": {"dataset": "cub", "corruptions": ["fog"], "models": ["vit-h"]}}, r"models \['vit-h'\] not defined"),
+    ({"x": {"dataset": "cub", "corruptions": ["fog"], "methods": ["zs"]}}, r"methods \['zs'\] not defined"),
+    ({"x": {"dataset": "cub", "corruptions": ["fog"], "jpeg_quality": 0}}, "ood.x.jpeg_quality"),
 ])
 def test_invalid_ood_sets(ood: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

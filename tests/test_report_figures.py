@@ -124,6 +124,22 @@ def test_ood_table_reads_severity_from_attributes_and_finds_the_clean_store() ->
     assert zs_clean.accuracy.tolist() == [clean[0][schema.CORRECT].values.mean()] * len(CORRUPTIONS)
 
 
+def test_ood_severity_zero_is_the_sets_own_clean_store_when_there_is_one() -> None:
+    """The workflow's none-s0 store (the clean images in the set's frame) wins over the main table's
+    clean store with the same samples, and two sets on one clean dataset each find their own."""
+    own = [random_scores(seed=50 + i, explainers=EXPLAINERS, method=m, method_kind=k, dataset="demo-c",
+                         corruption="none", severity=0) for i, (m, k) in enumerate(METHODS)]
+    other_set = [random_scores(seed=200 + i, explainers=EXPLAINERS, method=m, method_kind=k, dataset="demo-c2",
+                               corruption="fog", severity=3) for i, (m, k) in enumerate(METHODS)]
+    other_own = [random_scores(seed=70 + i, explainers=EXPLAINERS, method=m, method_kind=k, dataset="demo-c2",
+                               corruption="none", severity=0) for i, (m, k) in enumerate(METHODS)]
+    table = ood_table(_clean() + own + _ood(severities=(2,)) + other_set + other_own)
+    zero = table[(table.method == "zs") & (table.severity == 0)].set_index("ood_set")
+    assert set(zero.loc["demo-c", "clean_dataset"]) == {"demo-c"}
+    assert set(zero.loc["demo-c", "accuracy"]) == {own[0][schema.CORRECT].values.mean()}
+    assert zero.loc["demo-c2", "accuracy"] == other_own[0][schema.CORRECT].values.mean()
+
+
 def test_ood_without_a_clean_store_has_no_severity_zero_value() -> None:
     table = ood_table(_ood(severities=(1,)))
     assert table[table.severity == 0].accuracy.isna().all()

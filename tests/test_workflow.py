@@ -34,7 +34,7 @@ def tiny_config() -> dict:
 def snakemake(workdir: Path, *args: str, configfile: str | tuple[str, ...] = "config.yaml",
               config: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run Snakemake on the repository's workflow in ``workdir`` (options that take lists go last;
-    several config files merge in order)."""
+    config files relative to ``workdir``, several merged in order)."""
     env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
     configfiles = (configfile,) if isinstance(configfile, str) else configfile
     return subprocess.run(
@@ -105,7 +105,8 @@ def test_demo_tables_figures_and_report(finished_report: Path) -> None:
     assert "### accuracy" in (results / "tables" / "paper.md").read_text()
     assert (results / "tables" / "paper.tex").read_text().count(r"\begin{table}") == 1 + 2 * 2 * 3
     ood = pd.read_csv(results / "tables" / "ood.csv")
-    assert set(zip(ood.corruption, ood.severity)) == {("fog", 3)} and set(ood.method) == {"zs", "lp", "ft"}
+    # severity 0 is the set's clean images in its own frame (corruption "none")
+    assert set(zip(ood.corruption, ood.severity)) == {("none", 0), ("fog", 3)} and set(ood.method) == {"zs", "lp", "ft"}
     bootstrap = pd.read_csv(results / "tables" / "bootstrap.csv")
     assert len(bootstrap) == 3 * 2 * 3 and (bootstrap.accuracy_low <= bootstrap.accuracy).all()
     figures = ["threshold_tiny-vit_demo", "start_layer_tiny-vit_demo", "gallery_tiny-vit_demo",
@@ -140,7 +141,8 @@ def test_ood_figure_is_planned_from_clean_and_corrupted_scores(finished_demo: Pa
     result = snakemake(finished_demo, "-n", "results/figures/ood_tiny-vit.png", configfile="config-ood.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     jobs = planned_jobs(result.stdout + result.stderr)
-    assert jobs["ood_figure"] == 1 and jobs["score_ood"] == 3 * 2 * 2 and "score" not in jobs
+    # 3 methods x (the clean images in the set's frame + 2 corruptions x 2 severities)
+    assert jobs["ood_figure"] == 1 and jobs["score_ood"] == 3 * (1 + 2 * 2) and "score" not in jobs
 
 
 def test_new_normalization_reruns_scoring_not_the_model(finished_demo: Path) -> None:
@@ -206,8 +208,9 @@ def test_local_runs_schedule_one_gpu_job_at_a_time(finished_demo: Path) -> None:
 
 def test_paper_config_plans_the_full_grid_over_fixture_trees(tmp_path: Path) -> None:
     """config/paper.yaml with its dataset roots on small fixture trees in the real formats: the
-    datasets check passes and a dry run plans 4 models x 4 datasets x ZS/LP/FLCP/FT + CoOp and
-    Tip-Adapter-F for the two CLIP models, and every out-of-distribution run."""
+    datasets check passes and a dry run of the default target plans 4 models x 4 datasets x
+    ZS/LP/FLCP/FT + CoOp and Tip-Adapter-F for the two CLIP models, and exactly the out-of-distribution
+    runs of the paper's figures."""
     from rationality.config import ood_runs, validate_config
     from tests.fixture_trees_paper import write_paper_config
 
@@ -218,14 +221,68 @@ def test_paper_config_plans_the_full_grid_over_fixture_trees(tmp_path: Path) -> 
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     assert "all OK" in check.stdout
 
-    result = snakemake(tmp_path, "-n", "results/tables/pt_ir.csv", *ood_targets(config), configfile="paper.yaml")
+    result = snakemake(tmp_path, "-n", configfile="paper.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     jobs = planned_jobs(result.stdout)
     runs = 4 * 4 * 4 + 2 * 4 * 2
     assert (jobs["train"], jobs["infer"], jobs["score"]) == (runs, runs, runs)
-    assert jobs["infer_ood"] == jobs["score_ood"] == len(ood_runs(validate_config(config))) == 3000
-    assert jobs["masks"] == 4 + 4  # the clean test splits and the four out-of-distribution sets
-    assert jobs["project_masks"] == 2 * (4 + 4)  # 7x7 (ViT-B/32) and 14x14 grids
+    assert jobs["infer_ood"] == jobs["score_ood"] == len(ood_runs(validate_config(config))) == 2 * 4 * (1 + 6 * 5)
+    assert jobs["masks"] == 4 + 1  # the clean test splits and ImageNet-C's frame
+    assert jobs["project_masks"] == 2 * (4 + 1)  # 7x7 (ViT-B/32) and 14x14 grids
+    check_ood_plan(result.stdout, full=False)
+
+
+def test_paper_ood_full_plans_every_corruption_for_every_run_on_imagenet(tmp_path: Path) -> None:
+    """The opt-in config/paper-ood-full.yaml on top of paper.yaml: 19 corruptions x 5 severities
+    (and the clean frame) for all 20 runs on ImageNet."""
+    from tests.fixture_trees_paper import write_paper_config
+
+    write_paper_config(tmp_path)
+    result = snakemake(tmp_path, "-n", configfile=("paper.yaml", str(REPO / "config" / "paper-ood-full.yaml")))
+    assert result.returncode == 0, result.stderr[-4000:]
+    check_ood_plan(result.stdout, full=True)
+
+
+def planned_outputs(dry_run_output: str, rule: str) -> list[str]:
+    """The output paths of every job of ``rule`` in a dry run's job listing."""
+    return [path for job in dry_run_output.split("\nrule ")[1:] if job.startswith(f"{rule}:")
+            for path in re.search(r"^\s+output: (.+)$", job, flags=re.MULTILINE).group(1).split(", ")]
+
+
+def planned_inputs(dry_run_output: str, rule: str) -> list[list[str]]:
+    """The input paths of each job of ``rule`` in a dry run's job listing."""
+    return [re.search(r"^\s+input: (.+)$", job, flags=re.MULTILINE).group(1).split(", ")
+            for job in dry_run_output.split("\nrule ")[1:] if job.startswith(f"{rule}:")]
+
+
+def _ood_caches(models: list[str], methods: list[str], corruptions: list[str]) -> set[str]:
+    cells = [("none", 0)] + [(c, s) for c in corruptions for s in range(1, 6)]
+    return {f"results/cache/{model}/imagenet-c/{method}/{corruption}-s{severity}.zarr"
+            for model in models for method in methods for corruption, severity in cells}
+
+
+def check_ood_plan(dry_run_output: str, full: bool) -> None:
+    """Exactly the out-of-distribution stores of the paper's Figures 4, 5 and 7 (``full``: of
+    paper-ood-full.yaml) are planned, and severity 0 of every figure is the val set in ImageNet-C's
+    256/224 frame (``none-s0``), never the main table's store."""
+    from rationality.data.corruptions import CORRUPTIONS
+
+    if full:
+        expected = _ood_caches(["clip-b32", "clip-b16", "blip", "albef"], ["zs", "lp", "flcp", "ft"], list(CORRUPTIONS))
+        expected |= _ood_caches(["clip-b32", "clip-b16"], ["coop", "tip_adapter_f"], list(CORRUPTIONS))
+        assert len(expected) == 20 * (1 + 19 * 5)
+    else:
+        expected = _ood_caches(["clip-b32", "clip-b16"], ["zs", "lp", "flcp", "ft"],
+                               ["gaussian_noise", "zoom_blur", "frost", "contrast", "jpeg_compression", "speckle_noise"])
+    assert set(planned_outputs(dry_run_output, "infer_ood")) == expected
+    assert len(planned_outputs(dry_run_output, "score_ood")) == len(expected)
+    figures = {inputs[0].split("/")[2]: inputs for inputs in planned_inputs(dry_run_output, "ood_figure")}
+    assert set(figures) == ({"clip-b32", "clip-b16", "blip", "albef"} if full else {"clip-b32", "clip-b16"})
+    b32 = figures["clip-b32"]
+    assert "results/scores/clip-b32/imagenet-c/zs/none-s0.zarr" in b32
+    assert not any(path.startswith("results/scores/clip-b32/imagenet/") for path in b32)  # not the main table's
+    masks = set(planned_outputs(dry_run_output, "masks"))
+    assert {"results/masks/imagenet-c/val-r224c224.zarr", "results/masks/imagenet/val-r224c224.zarr"} <= masks
 
 
 def ood_targets(config: dict) -> list[str]:

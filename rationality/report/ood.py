@@ -1,9 +1,10 @@
 """Accuracy, PT and IR against corruption severity, like the paper's Figure 4.
 
 Corruption and severity are read from each scores store's attributes (``corruption``, ``severity``),
-never from paths. Severity 0 is the clean store of the same model and method whose samples are the
-out-of-distribution set's (an out-of-distribution set keeps its clean dataset's sample ids, so the
-clean counterpart is found by its ids, not by names or paths).
+never from paths. Severity 0 is, for each model and method, the set's own clean store (severity 0
+with the set's name as its dataset: the workflow's ``none-s0``, in the set's frame, e.g. ImageNet-C's
+256/224 crop); without one, the clean store whose samples are the set's (an out-of-distribution
+set keeps its clean dataset's sample ids, so that counterpart is found by its ids, not by paths).
 
 Layout of :func:`ood_figure`: one row of three panels (accuracy, PT, IR) per (model,
 out-of-distribution set); x is the severity 0-5, one line per method with the metric averaged over
@@ -57,17 +58,20 @@ def ood_table(stores: Sequence[xr.Dataset], explainer: str | None = None, policy
         policy: start-layer policy (see :mod:`rationality.report.tables`).
 
     Returns:
-        Columns :data:`OOD_COLUMNS`; severity-0 rows repeat the clean values under every corruption
-        (NaN when no clean store matches), so that averages over corruptions include them.
+        Columns :data:`OOD_COLUMNS` (``clean_dataset``: the dataset of the severity-0 store, the set's
+        own name for its own clean store); severity-0 rows repeat the clean values under every
+        corruption (NaN when no clean store matches), so that averages over corruptions include them.
 
     Raises:
         StoreError: if several clean stores of one model and method hold an out-of-distribution set's samples.
     """
     clean: dict[tuple[str, str, frozenset[str]], list[xr.Dataset]] = {}
+    own_clean: dict[tuple[str, str, str], xr.Dataset] = {}  # (model, method, set) -> the set's severity 0
     for scores in stores:
         if int(scores.attrs[schema.ATTR_SEVERITY]) == 0:
-            key = (scores.attrs[schema.ATTR_MODEL], scores.attrs[schema.ATTR_METHOD], _ids(scores))
-            clean.setdefault(key, []).append(scores)
+            model, method = scores.attrs[schema.ATTR_MODEL], scores.attrs[schema.ATTR_METHOD]
+            clean.setdefault((model, method, _ids(scores)), []).append(scores)
+            own_clean[(model, method, scores.attrs[schema.ATTR_DATASET])] = scores
     rows, clean_rows = [], {}
     for scores in stores:
         severity = int(scores.attrs[schema.ATTR_SEVERITY])
@@ -75,7 +79,8 @@ def ood_table(stores: Sequence[xr.Dataset], explainer: str | None = None, policy
             continue
         model, method = scores.attrs[schema.ATTR_MODEL], scores.attrs[schema.ATTR_METHOD]
         ood_set, corruption = scores.attrs[schema.ATTR_DATASET], scores.attrs[schema.ATTR_CORRUPTION]
-        matches = clean.get((model, method, _ids(scores)), [])
+        own = own_clean.get((model, method, ood_set))
+        matches = [own] if own is not None else clean.get((model, method, _ids(scores)), [])
         if len(matches) > 1:
             raise StoreError(f"clean stores of datasets {[m.attrs[schema.ATTR_DATASET] for m in matches]} all hold "
                              f"the samples of {ood_set} ({model}, {method}): pass one")

@@ -59,6 +59,11 @@ def threshold_curves(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray
     undefined_right, undefined_wrong = int(np.sum(~defined & correct)), int(np.sum(~defined & ~correct))
     if undefined == "valid":
         rr, wr = rr + undefined_right, wr + undefined_wrong
+    elif undefined == "paper_code":  # NaN RMA valid; an empty mask an RMA of 0, valid at thresholds <= 0
+        empty = np.asarray(edge_case) == schema.EdgeCase.EMPTY_MASK
+        empty_right, empty_wrong = int(np.sum(empty & correct)), int(np.sum(empty & ~correct))
+        rr = rr + undefined_right - empty_right + empty_right * (t <= 0)
+        wr = wr + undefined_wrong - empty_wrong + empty_wrong * (t <= 0)
     included_right = len(right) + (0 if undefined == "exclude" else undefined_right)  # RR + RW at any threshold
     with np.errstate(divide="ignore", invalid="ignore"):
         return rr / np.float64(included_right), rr / (rr + wr).astype(np.float64)

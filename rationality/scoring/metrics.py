@@ -7,9 +7,14 @@
 * accuracy over all samples.
 
 Samples whose RMA is undefined (:class:`~rationality.schema.EdgeCase`) follow an explicit policy:
-``invalid`` (default) counts them as invalid evidence, ``valid`` as valid evidence (what the paper's
-code did with NaN, by accident), ``exclude`` leaves them out of the quadrants. They are always counted.
-Undefined ratios (0/0) are NaN.
+``invalid`` (default) counts them as invalid evidence, ``valid`` as valid evidence, ``exclude`` leaves
+them out of the quadrants, and ``paper_code`` does what the paper's official code does: its RMA is
+NaN for a zero-sum, constant (under min-max) or non-finite heatmap, and NaN passed its validity test,
+so those count as valid; an empty mask gives sum(H ⊙ M) = 0, an RMA of 0, compared with the threshold
+like any RMA (invalid unless the threshold is 0). A sample with both an empty mask and a degenerate
+heatmap is stored as an empty mask (the code checked first), so ``paper_code`` scores it 0, where
+the official code's 0 / 0 would have been NaN and valid. They are always counted. Undefined ratios
+(0/0) are NaN.
 
 :func:`outcome_codes` applies these rules per sample (a quadrant code each, for bootstrap resamples
 and galleries); :func:`rationality_metrics` counts its codes, so the two cannot disagree.
@@ -25,8 +30,8 @@ import numpy as np
 
 from rationality.schema import EdgeCase
 
-UndefinedPolicy = Literal["invalid", "valid", "exclude"]
-UNDEFINED_POLICIES: tuple[str, ...] = ("invalid", "valid", "exclude")
+UndefinedPolicy = Literal["invalid", "valid", "exclude", "paper_code"]
+UNDEFINED_POLICIES: tuple[str, ...] = ("invalid", "valid", "exclude", "paper_code")
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -70,7 +75,8 @@ def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, t
         edge_case: [n, ...] int, :class:`EdgeCase` codes (non-zero where RMA is undefined).
         correct: [n] bool, broadcast over the trailing dims of ``rma``.
         threshold: RMA at or above which evidence is valid.
-        undefined: policy for samples with undefined RMA (``invalid``, ``valid``, ``exclude``).
+        undefined: policy for samples with undefined RMA (``invalid``, ``valid``, ``exclude``,
+            ``paper_code``; see the module docstring).
 
     Returns:
         int8 [n, ...], the shape of ``rma``.
@@ -81,8 +87,13 @@ def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, t
     correct = np.asarray(correct, dtype=bool).reshape((-1,) + (1,) * (rma.ndim - 1))
     undefined_mask = edge_case != EdgeCase.OK
     # Compare in RMA's own precision: a float32 RMA of 0.7 is valid at threshold 0.7.
+    threshold = np.asarray(threshold, dtype=rma.dtype)
+    if undefined == "paper_code":  # NaN counts as valid evidence; an empty mask is an RMA of 0
+        undefined_valid = np.where(edge_case == EdgeCase.EMPTY_MASK, threshold <= 0, True)
+    else:
+        undefined_valid = np.full(rma.shape, undefined == "valid")
     with np.errstate(invalid="ignore"):
-        valid = np.where(undefined_mask, undefined == "valid", rma >= np.asarray(threshold, dtype=rma.dtype))
+        valid = np.where(undefined_mask, undefined_valid, rma >= threshold)
     codes = np.where(correct, np.where(valid, Outcome.RR, Outcome.RW), np.where(valid, Outcome.WR, Outcome.WW))
     if undefined == "exclude":
         codes = np.where(undefined_mask, np.where(correct, Outcome.EXCLUDED_RIGHT, Outcome.EXCLUDED_WRONG), codes)

@@ -21,6 +21,7 @@ from rationality.config import (
     run_triples,
     validate_config,
 )
+from rationality.schema import CLEAN
 
 min_version("8.20")
 
@@ -47,7 +48,8 @@ def _names(section):
 
 
 def _corruptions():
-    return _alternatives(sorted({c for ood in config["ood"].values() for c in ood["corruptions"]}))
+    """Every configured corruption, and ``none`` (severity 0: the clean images in the set's frame)."""
+    return _alternatives(sorted({CLEAN} | {c for ood in config["ood"].values() for c in ood["corruptions"]}))
 
 
 wildcard_constraints:
@@ -55,7 +57,7 @@ wildcard_constraints:
     dataset=_alternatives([*config["datasets"], *config["ood"]]),
     ood=_names("ood"),
     corruption=_corruptions(),
-    severity=r"[1-5]",
+    severity=r"[0-5]",
     method=_alternatives([*config["methods"], *(run[2] for run in ablation_triples(config))]),
     ablation=_names("ablations"),
     synthetic=_names("synthetic") or "$^",

@@ -9,9 +9,9 @@ gallery             scores + caches + mask store of (model, dataset), and the da
                     got right (the paper's Figure 3)
 gallery_changed     the same -> results/figures/gallery_{model}_{dataset}_changed.png: samples whose
                     quadrant changed from zero-shot to a fine-tuned method
-ood_figure          clean and out-of-distribution scores of a model -> results/figures/ood_{model}.png:
-                    accuracy, PT and IR against corruption severity (the paper's Figure 4), a line
-                    per method averaged over the corruptions
+ood_figure          out-of-distribution scores of a model, severity 0 (none-s0) included ->
+                    results/figures/ood_{model}.png: accuracy, PT and IR against corruption severity
+                    (the paper's Figure 4), a line per method averaged over the corruptions
 ood_figure_per_corruption  the same -> results/figures/ood_{model}_per_corruption.png: a row per
                     corruption
 tables_and_figures  every table and figure of the grid, what the default target (the root Snakefile's
@@ -47,12 +47,9 @@ def run_masks(wildcards):
 
 
 def ood_figure_scores(wildcards):
-    """A model's out-of-distribution scores stores and the clean ones they are compared with."""
-    clean_datasets = {ood["dataset"] for ood in config["ood"].values()}
-    clean = [path for path, (model, dataset, _) in zip(all_scores(), run_triples(config))
-             if model == wildcards.model and dataset in clean_datasets]
-    shifted = [path for path, run in zip(all_ood_scores(), ood_runs(config)) if run[0] == wildcards.model]
-    return clean + shifted
+    """A model's out-of-distribution scores stores, severity 0 (each set's clean images in its own
+    frame, ``none-s0``) included; never the main table's clean stores."""
+    return [path for path, run in zip(all_ood_scores(), ood_runs(config)) if run[0] == wildcards.model]
 
 
 def all_figures():

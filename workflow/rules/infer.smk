@@ -4,7 +4,9 @@ infer   checkpoint + dataset (test split) -> results/cache/{model}/{dataset}/{me
         logits (sample, class), label (sample), heatmap (sample, explainer, start_layer, gy, gx).
         Written batch by batch to <store>.partial, resumable, renamed when complete.
 infer_ood   the clean dataset's checkpoint + an out-of-distribution set at one (corruption, severity)
-        -> results/cache/{model}/{ood}/{method}/{corruption}-s{severity}.zarr (same sample ids).
+        -> results/cache/{model}/{ood}/{method}/{corruption}-s{severity}.zarr (same sample ids);
+        none-s0.zarr is severity 0, the clean images in the set's frame (ImageNet-C's 256/224 crop
+        for source imagenet_c).
 """
 
 
