@@ -31,13 +31,18 @@ def tiny_config() -> dict:
     return config
 
 
-def snakemake(workdir: Path, *args: str, configfile: str = "config.yaml",
+def snakemake(workdir: Path, *args: str, configfile: str | tuple[str, ...] = "config.yaml",
               config: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run Snakemake on the repository's workflow in ``workdir`` (options that take lists go last)."""
+    """Run Snakemake on the repository's workflow in ``workdir`` (options that take lists go last).
+
+    Args:
+        configfile: config file(s) in ``workdir`` given with --configfile; ``()`` for none (the demo).
+    """
+    configfiles = [str(workdir / name) for name in ((configfile,) if isinstance(configfile, str) else configfile)]
     env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
         [str(SNAKEMAKE), *args, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-         "--configfile", str(workdir / configfile), *(("--config", *config) if config else ())],
+         *(("--configfile", *configfiles) if configfiles else ()), *(("--config", *config) if config else ())],
         capture_output=True, text=True, env=env, timeout=900)
 
 
