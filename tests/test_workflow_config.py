@@ -65,3 +65,75 @@ def test_without_a_config_file_the_demo_runs_from_any_directory(tmp_path: Path) 
     assert result.returncode == 0, output[-4000:]
     jobs = planned_jobs(output)
     assert jobs["synthetic_data"] == 1 and jobs["train"] == 6 and jobs["infer_ood"] == 6 * 2 * 2
+
+
+#: Outputs of an earlier run that a config fault must leave as they are. The table is not among them,
+#: so that a run asked for it goes ahead (the dataset is regenerated, so weights and checkpoints re-run).
+EARLIER_OUTPUTS = ("results/pretrained/tiny-vit.pt", "results/checkpoints/tiny-vit/demo/lp/checkpoint.pt",
+                   "results/checkpoints/tiny-vit/demo/ft/checkpoint.pt")
+#: fault -> (key path, bad value, the line that must say what is wrong and what is allowed).
+FAULTS = {
+    "hyper-parameter typo": ("methods.lp.learning_rate", 1e-3, (
+        "methods.lp.learning_rate: not a hyper-parameter of kind 'linear_probe'; allowed: adam_beta1, adam_beta2, "
+        "batch_size, epochs, eps, head_init, lr, normalize_features, optimizer, precision, prompt_template, shots, "
+        "weight_decay")),
+    "hyper-parameter type": ("methods.ft.epochs", "ten", "methods.ft.epochs: must be an integer, got 'ten'"),
+    "adapter typo": ("models.tiny-vit.adapter", "openclip",
+                     "models.tiny-vit.adapter: unknown model adapter 'openclip'; known: albef, blip, open_clip"),
+    "kind typo": ("methods.ft.kind", "fine_tune", "methods.ft.kind: unknown adaptation method 'fine_tune'; known: "
+                                                  "coop, finetune, flcp, linear_probe, tip_adapter_f, zero_shot"),
+    "reader option typo": ("datasets.demo.options", {"mask_treshold": 0.5},
+                           "datasets.demo.options.mask_treshold: unknown key; allowed: mask_threshold"),
+    "explainer typo": ("explainers", ["generic_attention", "gradcam"],
+                       "explainers[1]: unknown explainer 'gradcam'; known: attention_gradient, attention_rollout, "
+                       "generic_attention, raw_attention"),
+    "ood corruption typo": ("ood.demo-c.corruptions", ["fgo"], (
+        "ood.demo-c.corruptions: unknown corruption 'fgo' for source on_the_fly; allowed: gaussian_noise, shot_noise, "
+        "impulse_noise, defocus_blur, glass_blur, motion_blur, zoom_blur, snow, fog, brightness, contrast, "
+        "elastic_transform, pixelate, jpeg_compression")),
+    "bad precision": ("infer.precision", "fp64",
+                      "infer.precision: unknown precision 'fp64'; allowed: fp32, bf16, fp16"),
+}
+
+
+def earlier_run(workdir: Path) -> dict[str, bytes]:
+    """Plant the outputs of an earlier run in ``workdir``; their contents by path."""
+    contents = {}
+    for path in EARLIER_OUTPUTS:
+        (workdir / path).parent.mkdir(parents=True, exist_ok=True)
+        contents[path] = f"an earlier run's {path}".encode()
+        (workdir / path).write_bytes(contents[path])
+    return contents
+
+
+def assert_refused_in_one_line(result, line: str, workdir: Path, earlier: dict[str, bytes]) -> None:
+    """The run failed before any job with ``line`` (Snakemake adds where it stopped), and nothing was deleted."""
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode != 0
+    assert line in output, "\n".join(output)
+    assert len(output) <= 4, "\n".join(output)  # profile notice, WorkflowError header, the line, where
+    assert {path: (workdir / path).read_bytes() for path in earlier if (workdir / path).exists()} == earlier
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_config_fault_is_refused_before_any_job_runs(fault: str, tmp_path: Path) -> None:
+    path, value, line = FAULTS[fault]
+    config = tiny_config()
+    *parents, last = path.split(".")
+    target = config
+    for part in parents:
+        target = target[part]
+    target[last] = value
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    earlier = earlier_run(tmp_path)
+    result = snakemake(tmp_path, "results/tables/pt_ir.csv")  # a real run, not a dry run
+    assert_refused_in_one_line(result, f"config.yaml: {line}", tmp_path, earlier)
+
+
+def test_a_threshold_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    """``--config threshold=nan`` once gave PT 0.000 with exit status 0."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config()))
+    earlier = earlier_run(tmp_path)
+    result = snakemake(tmp_path, "results/tables/pt_ir.csv", config=("threshold=nan",))
+    assert_refused_in_one_line(result, "config.yaml + --config: threshold: must be a finite number, got nan", tmp_path,
+                               earlier)

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from rationality.errors import ConfigError
 from rationality.explain.base import Explainer
 from rationality.models.heads import ImageClassifier
-
-#: Precision names -> autocast dtype (None: no autocast, fp32).
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from rationality.precision import autocast_dtype as precision_dtype
 
 
 def explain_batch(
@@ -38,9 +35,7 @@ def explain_batch(
         logits [B, C] (detached, float32) and heatmaps [B, E, L, gy, gx] (detached, float32), where L is the
         number of image blocks and index s along L is start layer s.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    autocast_dtype = PRECISIONS[precision]
+    autocast_dtype = precision_dtype(precision)
     adapter = classifier.adapter
     pixels = pixels.detach().requires_grad_(True)  # builds the graph even with frozen weights
     with (torch.enable_grad(), adapter.recording_attention() as attentions,

@@ -33,11 +33,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from rationality.errors import ConfigError
+from rationality.precision import autocast_dtype as precision_dtype, check_precision
 
 TRAIN_LOG_FILE = "train_log.csv"
 TRAIN_STATE_FILE = "train_state.pt"
 OPTIMIZERS = ("adam", "adamw")
-TRAINING_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: A training step: (the module to call, a batch already on the device) -> (mean loss, logits [B, C], labels [B]).
 Step = Callable[[nn.Module, Sequence[Any]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -69,8 +69,7 @@ class TrainingOptions:
             raise ConfigError(f"shots must be at least 1 (or null for the whole split), got {self.shots}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.precision not in TRAINING_PRECISIONS:
-            raise ConfigError(f"precision must be one of {tuple(TRAINING_PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision, key="precision")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got {self.epochs}, "
                               f"{self.batch_size}, {self.lr}")
@@ -165,7 +164,7 @@ def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: Train
     run.run_dir.mkdir(parents=True, exist_ok=True)
     named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
     optimizer = _make_optimizer([p for _, p in named], options)
-    autocast_dtype = TRAINING_PRECISIONS[options.precision]
+    autocast_dtype = precision_dtype(options.precision)
     scaler = torch.amp.GradScaler(run.device.type, enabled=options.precision == "fp16")
     caller = module
     if size > 1:
