@@ -45,8 +45,9 @@ def test_threshold_boundary_counts_valid(value: float) -> None:
     correct = np.array([True])
     at = rationality_metrics(rma, edge, correct, threshold=value)
     assert (at.rr, at.rw) == (1, 0)
-    above = rationality_metrics(rma, edge, correct, threshold=float(np.nextafter(np.float32(value), np.float32(2))))
-    assert (above.rr, above.rw) == (0, 1)
+    if value < 1.0:  # no threshold lies above 1
+        above = rationality_metrics(rma, edge, correct, threshold=float(np.nextafter(np.float32(value), np.float32(2))))
+        assert (above.rr, above.rw) == (0, 1)
 
 
 def test_threshold_moves_samples_between_quadrants() -> None:
@@ -145,3 +146,10 @@ def test_outcome_codes_broadcast_correct_over_columns() -> None:
     rma = np.array([[0.9, 0.1], [0.9, 0.1]], dtype=np.float32)  # [sample, column]
     codes = outcome_codes(rma, np.zeros((2, 2), np.int8), np.array([True, False]), 0.5)
     np.testing.assert_array_equal(codes, [[Outcome.RR, Outcome.RW], [Outcome.WR, Outcome.WW]])
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), -0.1, 1.5])
+def test_a_threshold_outside_zero_one_is_refused(threshold: float) -> None:
+    """NaN once counted every sample as invalid evidence (PT 0) without a word."""
+    with pytest.raises(ValueError, match="threshold must be a finite number in \\[0, 1\\]"):
+        rationality_metrics(np.array([0.7]), np.array([0]), np.array([True]), threshold)

@@ -26,7 +26,7 @@ from rationality.errors import StoreError
 from rationality.report.figures import (
     empty_figure, method_colors, method_legend, panel_figure, ratio_axes, save_figure,
 )
-from rationality.report.tables import METRIC_LABELS, open_scores, policy_start_layer
+from rationality.report.tables import METRIC_LABELS, open_scores, policy_start_layer, store_explainer
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
 
 OOD_METRICS = ("accuracy", "pt", "ir")
@@ -35,7 +35,7 @@ OOD_COLUMNS = ["model", "ood_set", "clean_dataset", "corruption", "method", "sev
 
 def _metrics(scores: xr.Dataset, explainer: str | None, policy: str, threshold: float,
              undefined: UndefinedPolicy) -> dict[str, float]:
-    explainer = explainer or str(scores.coords[schema.EXPLAINER].values[0])
+    explainer = store_explainer(scores, explainer)
     layer = policy_start_layer(policy, scores)
     column = {schema.EXPLAINER: explainer, schema.START_LAYER: layer}
     metrics = rationality_metrics(scores[schema.RMA].sel(column).values, scores[schema.EDGE_CASE].sel(column).values,
@@ -61,10 +61,12 @@ def ood_table(stores: Sequence[xr.Dataset], explainer: str | None = None, policy
         (NaN when no clean store matches), so that averages over corruptions include them.
 
     Raises:
-        StoreError: if several clean stores of one model and method hold an out-of-distribution set's samples.
+        StoreError: if several clean stores of one model and method hold an out-of-distribution set's
+            samples, or a store holds no heatmaps of ``explainer``.
     """
     clean: dict[tuple[str, str, frozenset[str]], list[xr.Dataset]] = {}
     for scores in stores:
+        store_explainer(scores, explainer)
         if int(scores.attrs[schema.ATTR_SEVERITY]) == 0:
             key = (scores.attrs[schema.ATTR_MODEL], scores.attrs[schema.ATTR_METHOD], _ids(scores))
             clean.setdefault(key, []).append(scores)
