@@ -17,6 +17,7 @@ from rationality.data.geometry import Geometry
 from rationality.data.masks import build_mask_store
 from rationality.errors import StoreError
 from rationality.report.figures import DPI
+from rationality.report.made_with import read_made_with
 from rationality.report.gallery import (
     IMAGE_PANEL, gallery_figure, pair_stores, round_robin, select_samples, show_figure,
 )
@@ -175,6 +176,8 @@ def test_gallery_cli_writes_a_png_of_fixed_size(stores: dict, tmp_path: Path, ca
     assert samples.startswith("samples: ") and samples.count("test-") == 2
     with Image.open(out) as image:
         assert image.size == (round(4 * IMAGE_PANEL[0] * DPI), round(2 * IMAGE_PANEL[1] * DPI))
+    assert read_made_with(out) == {"explainer": "generic_attention", "start_layer_policy": "paper", "threshold": "0.5",
+                                   "undefined_policy": "invalid", "normalization": "minmax"}
 
 
 def test_gallery_of_no_sample_is_a_note(stores: dict) -> None:

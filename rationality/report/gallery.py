@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from rationality import schema
 from rationality.errors import StoreError
 from rationality.report.figures import empty_figure, panel_figure, save_figure
+from rationality.report.made_with import scoring_normalization
 from rationality.report.overlay import draw_image, draw_overlay, model_input_images
 from rationality.report.tables import (
     START_LAYER_POLICIES, open_scores, policy_start_layer, store_explainer, store_run,
@@ -242,7 +243,11 @@ def write_gallery(score_paths: Sequence[str], cache_paths: Sequence[str], masks_
     masks = schema.open_store(masks_path, schema.StoreKind.MASKS)
     ids = select_samples([s for s, _ in pairs], selection, count, explainer, policy, threshold, undefined)
     images = model_input_images(pairs[0][1], ids)
-    save_figure(gallery_figure(pairs, masks, ids, images, explainer, policy, threshold, undefined, selection), out)
+    stores = [s for s, _ in pairs]
+    save_figure(gallery_figure(pairs, masks, ids, images, explainer, policy, threshold, undefined, selection), out,
+                made_with={"explainer": store_explainer(stores[0], explainer), "start_layer_policy": policy,
+                           "threshold": threshold, "undefined_policy": undefined,
+                           "normalization": scoring_normalization(stores[0])})
     return ids
 
 

@@ -26,6 +26,7 @@ from rationality.errors import StoreError
 from rationality.report.figures import (
     empty_figure, method_colors, method_legend, panel_figure, ratio_axes, save_figure,
 )
+from rationality.report.made_with import scoring_normalization
 from rationality.report.tables import METRIC_LABELS, open_scores, policy_start_layer, store_explainer
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
 
@@ -138,4 +139,7 @@ def write_ood_figure(score_paths: Sequence[str], out: str, explainer: str | None
                      threshold: float = DEFAULT_THRESHOLD, undefined: UndefinedPolicy = "invalid",
                      per_corruption: bool = False) -> None:
     """Write :func:`ood_figure` of clean and out-of-distribution scores stores to ``out``."""
-    save_figure(ood_figure(open_scores(score_paths), explainer, policy, threshold, undefined, per_corruption), out)
+    stores = open_scores(score_paths)
+    save_figure(ood_figure(stores, explainer, policy, threshold, undefined, per_corruption), out, made_with={
+        "explainer": store_explainer(stores[0], explainer), "start_layer_policy": policy, "threshold": threshold,
+        "undefined_policy": undefined, "normalization": scoring_normalization(stores[0])})

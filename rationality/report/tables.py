@@ -23,6 +23,7 @@ import xarray as xr
 
 from rationality import schema
 from rationality.errors import StoreError
+from rationality.report.made_with import scoring_normalization
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
 
 START_LAYER_POLICIES: tuple[str, ...] = ("paper", "all_blocks", "last_block")
@@ -131,6 +132,6 @@ def rationality_table(score_paths: Sequence[str | Path], threshold: float = DEFA
                 rows.append({
                     **row_key(scores, explainer, policy), **metrics.to_dict(), **edge_case_counts(edge[:, e, layer]),
                     "threshold": threshold, "undefined_policy": undefined,
-                    "normalization": schema.json_attr(scores, schema.ATTR_SCORING)["normalization"],
+                    "normalization": scoring_normalization(scores),
                 })
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)

@@ -199,6 +199,19 @@ def all_ood_scores():
             for model, ood, method, corruption, severity in ood_runs(config)]
 
 
+def made_with_labels(**labels):
+    """Report labels of an output: ``labels`` (wildcards expanded by Snakemake), then the options the
+    output was made with, read from the job's first output when the report is built (the captions
+    show them, so a caption describes its file even after the config has changed)."""
+
+    def labels_of(wildcards, output):
+        from rationality.report.made_with import read_made_with
+
+        return {**labels, **read_made_with(output[0])}
+
+    return labels_of
+
+
 def train_launcher(wildcards):
     """The command that starts training: the CLI, or torchrun with one process per GPU."""
     processes = config["train"]["nproc_per_node"]
