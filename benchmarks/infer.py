@@ -119,9 +119,9 @@ def explain_paper_loop(classifier, pixels: torch.Tensor, labels: torch.Tensor) -
 def plain_forward_backward(classifier, pixels: torch.Tensor, labels: torch.Tensor, batch_size: int,
                            precision: str = "fp32") -> None:
     """Way (d): forward and backward with the model's fused attention, the gradient to the pixels only."""
-    from rationality.explain.batch import PRECISIONS, float32_matmul_precision
+    from rationality.precision import autocast_dtype, float32_matmul_precision
 
-    dtype = PRECISIONS[precision]
+    dtype = autocast_dtype(precision)
     for i in range(0, len(pixels), batch_size):
         batch = pixels[i : i + batch_size].detach().requires_grad_(True)
         with (torch.enable_grad(), float32_matmul_precision(precision),

@@ -67,6 +67,27 @@ def _grids(text: str) -> list[dict[str, list[str]]]:
     return grids
 
 
+def _threshold(text: str) -> float:
+    """An RMA threshold: a finite number in [0, 1] (NaN would count no evidence as valid)."""
+    from rationality.scoring.metrics import check_threshold
+
+    try:
+        return check_threshold(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number in [0, 1], got {text!r}") from None
+
+
+def _confidence(text: str) -> float:
+    """A confidence level strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
+    return value
+
+
 def _dataset(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": args.dataset_name, **args.dataset}
 
@@ -234,7 +255,8 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
 
     def scoring_options(command: argparse.ArgumentParser, threshold: bool = True) -> None:
         if threshold:
-            command.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+            command.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+                                 help="RMA at or above which evidence is valid, in [0, 1]")
         command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
                              help="how samples with undefined RMA count")
 
@@ -249,7 +271,7 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
                            default=list(START_LAYER_POLICIES), help="start-layer policies")
     bootstrap.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES)
     bootstrap.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    bootstrap.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
+    bootstrap.add_argument("--confidence", type=_confidence, default=DEFAULT_CONFIDENCE)
     bootstrap.add_argument("--out", required=True, help="CSV to write")
     bootstrap.set_defaults(run=_cmd_bootstrap)
 
@@ -292,6 +314,7 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rationality.precision import PRECISIONS
     from rationality.report.tables import START_LAYER_POLICIES
     from rationality.scoring.metrics import DEFAULT_THRESHOLD, UNDEFINED_POLICIES
     from rationality.scoring.rma import NORMALIZATIONS
@@ -365,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch-size", type=int, default=32)
     infer.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     infer.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
-    infer.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
+    infer.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="fp32; tf32 matrix products, or bf16/fp16 autocast (GPU; change heatmaps slightly)")
     infer.add_argument("--chunk-size", type=int,
                        help="samples per store chunk and resume step (default: the stores' chunk, 1024)")
@@ -395,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("table", "write the PT / IR table of scores stores as CSV")):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("scores", nargs="+", help="scores stores (.zarr)")
-        command.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+        command.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+                             help="RMA at or above which evidence is valid, in [0, 1]")
         command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
                              help="how samples with undefined RMA count")
         command.add_argument("--policies", nargs="+", choices=START_LAYER_POLICIES,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -33,13 +34,17 @@ def tiny_config() -> dict:
 
 def snakemake(workdir: Path, *args: str, configfile: str | tuple[str, ...] = "config.yaml",
               config: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run Snakemake on the repository's workflow in ``workdir`` (options that take lists go last;
-    config files relative to ``workdir``, several merged in order)."""
+    """Run Snakemake on the repository's workflow in ``workdir`` (options that take lists go last).
+
+    Args:
+        configfile: config file(s) in ``workdir`` given with --configfile, several merged in order; ``()``
+            for none (the demo).
+    """
+    configfiles = [str(workdir / name) for name in ((configfile,) if isinstance(configfile, str) else configfile)]
     env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
-    configfiles = (configfile,) if isinstance(configfile, str) else configfile
     return subprocess.run(
         [str(SNAKEMAKE), *args, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-         "--configfile", *(str(workdir / name) for name in configfiles), *(("--config", *config) if config else ())],
+         *(("--configfile", *configfiles) if configfiles else ()), *(("--config", *config) if config else ())],
         capture_output=True, text=True, env=env, timeout=900)
 
 
@@ -119,6 +124,25 @@ def test_demo_tables_figures_and_report(finished_report: Path) -> None:
     html = (results / "report.html").read_text()
     for caption in ("Prediction Trustworthiness", "Heatmaps of tiny-vit on demo", "RMA threshold 0.5"):
         assert caption in html
+
+
+def test_report_captions_describe_the_outputs_not_the_current_config(finished_report: Path) -> None:
+    """A report built after the config changed, from outputs made before, captions what the files hold."""
+    result = snakemake(finished_report, "--report", "results/report-later.html",
+                       config=("threshold=0.6", "undefined_policy=valid"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    captions = report_captions(finished_report / "results" / "report-later.html")
+    assert len(captions) == 10  # 4 tables, 6 figures
+    thresholds = [re.findall(r"threshold ([\d.]*\d)", caption) for caption in captions]
+    assert sum(map(len, thresholds)) == 9 and {value for found in thresholds for value in found} == {"0.5"}
+    assert sum("counted as invalid" in caption for caption in captions) == 8 and not any("counted as valid" in caption for caption in captions)
+    assert sum("generic_attention heatmaps" in caption for caption in captions) == 2  # the out-of-distribution figures
+
+
+def report_captions(report: Path) -> list[str]:
+    """The captions of a Snakemake HTML report, as text (JSON strings holding HTML in the report's data)."""
+    encoded = re.findall(r'"caption": ("(?:[^"\\]|\\.)*")', report.read_text())
+    return [" ".join(re.sub(r"<[^>]+>", "", json.loads(text)).split()) for text in encoded]
 
 
 def test_new_threshold_reruns_tables_and_the_figures_that_show_it(finished_report: Path) -> None:

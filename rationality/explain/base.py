@@ -33,6 +33,8 @@ _EXPLAINERS: Registry[type[Explainer]] = Registry("explainer", "rationality.expl
 register_explainer = _EXPLAINERS.register
 #: Names of the registered explainers.
 list_explainers = _EXPLAINERS.names
+#: ``check_explainer(name, key="")``: the name if registered, else ConfigError (about ``key``) listing them.
+check_explainer = _EXPLAINERS.check
 
 
 def create_explainer(name: str) -> Explainer:

@@ -8,34 +8,24 @@ The backward pass asks autograd for dy/dA_l only. The GPU stage freezes the weig
 (``requires_grad_(False)``), so that autograd keeps only what the attention path needs and computes no
 parameter gradients; the graph starts at the pixels, which require grad.
 
-Precision (:data:`PRECISIONS`), each a named option because it changes every heatmap a little
-(measured bounds in ``tests/test_explain.py`` and in the README's performance section):
-
-* ``fp32`` (default): IEEE float32 everywhere, TensorFloat-32 switched off for matrix products and
-  convolutions (PyTorch allows it for cuDNN convolutions by default);
-* ``tf32``: float32 tensors, matrix products and convolutions on TensorFloat-32 tensor cores
-  (Ampere and later GPUs; the same as ``fp32`` on a CPU);
-* ``bf16`` / ``fp16``: forward and backward under ``torch.autocast`` (softmax stays float32 there).
-  fp16's five exponent bits would flush small attention gradients to zero, so the target logit is
-  multiplied by a loss scale before the backward pass and the gradients divided by it afterwards, as
-  automatic mixed precision does for training; when a gradient overflows, the batch is recomputed
-  with a smaller scale.
+Precision (:data:`rationality.precision.PRECISIONS`): ``fp32`` by default; ``tf32`` runs matrix products on
+TensorFloat-32 tensor cores; ``bf16`` / ``fp16`` run the forward and backward passes under ``torch.autocast``
+(softmax stays fp32 there). fp16's five exponent bits would flush small attention gradients to zero, so the
+target logit is multiplied by a loss scale before the backward pass and the gradients divided by it
+afterwards, as automatic mixed precision does for training; when a gradient overflows, the batch is
+recomputed with a smaller scale. Each changes every heatmap a little: bounds measured on the tiny test model
+are asserted in ``tests/test_explain.py``, on a full-size ViT-B/16 in the README's performance section.
 """
 
 from __future__ import annotations
-
-import contextlib
-from typing import Iterator
 
 import torch
 
 from rationality.errors import ConfigError
 from rationality.explain.base import Explainer
 from rationality.models.heads import ImageClassifier
+from rationality.precision import autocast_dtype, check_precision, float32_matmul_precision
 
-#: Precision names -> autocast dtype (None: no autocast, float32 tensors).
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "tf32": None, "bf16": torch.bfloat16,
-                                             "fp16": torch.float16}
 #: fp16's first loss scale, and the factor it shrinks by after an overflow (down to 1). The target is a
 #: sum of logits, not a mean loss, so attention gradients grow with the logit scale (up to 14 measured on
 #: the tiny test model with CLIP's scale of 100): 2**10 keeps gradients up to 64 finite at the first try,
@@ -55,7 +45,7 @@ def explain_batch(
         pixels: normalised images [B, 3, H, W].
         labels: ground-truth class indices [B].
         explainers: E explainers.
-        precision: a name of :data:`PRECISIONS`; changes results slightly.
+        precision: a name of :data:`rationality.precision.PRECISIONS`; changes results slightly.
 
     Returns:
         logits [B, C] (detached, float32) and heatmaps [B, E, L, gy, gx] (detached, float32), where L is the
@@ -64,8 +54,7 @@ def explain_batch(
     Raises:
         ConfigError: an unknown precision, or logits or gradients that overflow in fp16 (use bf16).
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     scale = FP16_INITIAL_SCALE if precision == "fp16" else 1.0
     logits, attentions, gradients = _attention_gradients(classifier, pixels, labels, precision, scale)
     # Only fp16 checks its gradients (a check waits for the GPU); the others have float32's exponent range.
@@ -86,11 +75,11 @@ def _attention_gradients(
 
     All float32 and detached; the gradients are divided by ``scale`` again.
     """
-    autocast_dtype = PRECISIONS[precision]
+    dtype = autocast_dtype(precision)
     pixels = pixels.detach().requires_grad_(True)  # builds the graph even with frozen weights
     with (torch.enable_grad(), float32_matmul_precision(precision),
           classifier.adapter.recording_attention() as attentions,
-          torch.autocast(pixels.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)):
+          torch.autocast(pixels.device.type, dtype=dtype, enabled=dtype is not None)):
         logits = classifier(pixels).float()
         if precision == "fp16" and not torch.isfinite(logits).all():
             raise ConfigError(f"precision {precision}: non-finite logits (fp16 overflows on this model; use bf16)")
@@ -98,18 +87,3 @@ def _attention_gradients(
         gradients = torch.autograd.grad(target * scale if scale != 1.0 else target, attentions)
     gradients = [g.float() / scale if scale != 1.0 else g.float() for g in gradients]
     return logits.detach(), [a.detach().float() for a in attentions], gradients
-
-
-@contextlib.contextmanager
-def float32_matmul_precision(precision: str) -> Iterator[None]:
-    """Within the context, float32 matrix products and cuDNN convolutions use TensorFloat-32 for
-    ``tf32`` and IEEE float32 otherwise; the previous settings are restored on exit."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
-    cudnn = torch.backends.cudnn
-    try:
-        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
-                         allow_tf32=precision == "tf32"):
-            yield
-    finally:
-        torch.set_float32_matmul_precision(previous)

@@ -6,7 +6,8 @@ normalisation), and the image tower's post-softmax attention probabilities *with
 during a forward pass.
 
 Adding a model family is one new module that subclasses :class:`VisionLanguageAdapter`, decorates
-it with :func:`register_adapter`, and is imported in :mod:`rationality.models._adapters`.
+it with :func:`register_adapter`, and is declared in :mod:`rationality.models._adapters` (imported
+when first used, so that checking a config does not import every model library).
 """
 
 from __future__ import annotations
@@ -149,6 +150,10 @@ _ADAPTERS: Registry[type[VisionLanguageAdapter]] = Registry("model adapter", "ra
 register_adapter = _ADAPTERS.register
 #: Names of the registered model adapters.
 list_adapters = _ADAPTERS.names
+#: ``declare_adapter(name, module)``: importing ``module`` registers the adapter ``name``.
+declare_adapter = _ADAPTERS.declare
+#: ``check_adapter(name, key="")``: the name if registered, else ConfigError (about ``key``) listing them.
+check_adapter = _ADAPTERS.check
 
 
 def create_adapter(spec: ModelSpec | dict[str, Any]) -> VisionLanguageAdapter:

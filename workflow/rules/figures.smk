@@ -71,7 +71,8 @@ rule threshold_figure:
         run_scores,
     output:
         report("results/figures/threshold_{model}_{dataset}.png", caption="../report/threshold.rst",
-               category="Figures", subcategory="Threshold sweeps", labels={"model": "{model}", "dataset": "{dataset}"}),
+               category="Figures", subcategory="Threshold sweeps",
+               labels=made_with_labels(model="{model}", dataset="{dataset}")),
     params:
         undefined=config["undefined_policy"],
     log:
@@ -91,7 +92,8 @@ rule start_layer_figure:
         run_scores,
     output:
         report("results/figures/start_layer_{model}_{dataset}.png", caption="../report/start_layer.rst",
-               category="Figures", subcategory="Start layers", labels={"model": "{model}", "dataset": "{dataset}"}),
+               category="Figures", subcategory="Start layers",
+               labels=made_with_labels(model="{model}", dataset="{dataset}")),
     params:
         threshold=config["threshold"],
         undefined=config["undefined_policy"],
@@ -117,7 +119,7 @@ rule gallery:
     output:
         report("results/figures/gallery_{model}_{dataset}.png", caption="../report/gallery.rst",
                category="Figures", subcategory="Heatmap galleries",
-               labels={"model": "{model}", "dataset": "{dataset}", "samples": "right under every method"}),
+               labels=made_with_labels(model="{model}", dataset="{dataset}", samples="right under every method")),
     params:
         selection="all_correct",
         samples=GALLERY_SAMPLES,
@@ -141,7 +143,7 @@ use rule gallery as gallery_changed with:
     output:
         report("results/figures/gallery_{model}_{dataset}_changed.png", caption="../report/gallery_changed.rst",
                category="Figures", subcategory="Heatmap galleries",
-               labels={"model": "{model}", "dataset": "{dataset}", "samples": "quadrant changed from zero-shot"}),
+               labels=made_with_labels(model="{model}", dataset="{dataset}", samples="quadrant changed from zero-shot")),
     params:
         selection="changed",
         samples=GALLERY_SAMPLES,
@@ -158,7 +160,7 @@ rule ood_figure:
         ood_figure_scores,
     output:
         report("results/figures/ood_{model}.png", caption="../report/ood.rst", category="Figures",
-               subcategory="Corruption severity", labels={"model": "{model}", "corruptions": "mean"}),
+               subcategory="Corruption severity", labels=made_with_labels(model="{model}", corruptions="mean")),
     params:
         threshold=config["threshold"],
         undefined=config["undefined_policy"],
@@ -180,7 +182,7 @@ use rule ood_figure as ood_figure_per_corruption with:
     output:
         report("results/figures/ood_{model}_per_corruption.png", caption="../report/ood_per_corruption.rst",
                category="Figures", subcategory="Corruption severity",
-               labels={"model": "{model}", "corruptions": "each"}),
+               labels=made_with_labels(model="{model}", corruptions="each")),
     params:
         threshold=config["threshold"],
         undefined=config["undefined_policy"],

@@ -40,8 +40,10 @@ rule pt_ir_table:
     input:
         all_scores(),
     output:
-        csv=report("results/tables/pt_ir.csv", caption="../report/pt_ir.rst", category="Tables"),
-        paper_csv=report("results/tables/paper.csv", caption="../report/paper.rst", category="Tables"),
+        csv=report("results/tables/pt_ir.csv", caption="../report/pt_ir.rst", category="Tables",
+                   labels=made_with_labels(table="pt_ir.csv")),
+        paper_csv=report("results/tables/paper.csv", caption="../report/paper.rst", category="Tables",
+                         labels=made_with_labels(table="paper.csv")),
         markdown="results/tables/paper.md",
         latex="results/tables/paper.tex",
     params:
@@ -66,7 +68,8 @@ rule bootstrap_table:
     input:
         all_scores(),
     output:
-        report("results/tables/bootstrap.csv", caption="../report/bootstrap.rst", category="Tables"),
+        report("results/tables/bootstrap.csv", caption="../report/bootstrap.rst", category="Tables",
+               labels=made_with_labels(table="bootstrap.csv")),
     params:
         threshold=config["threshold"],
         undefined=config["undefined_policy"],
@@ -89,7 +92,8 @@ rule ood_table:
     input:
         all_ood_scores(),
     output:
-        report("results/tables/ood.csv", caption="../report/ood_table.rst", category="Tables"),
+        report("results/tables/ood.csv", caption="../report/ood_table.rst", category="Tables",
+               labels=made_with_labels(table="ood.csv")),
     params:
         threshold=config["threshold"],
         undefined=config["undefined_policy"],
@@ -110,7 +114,8 @@ rule ablation_table:
     input:
         ablation_scores,
     output:
-        csv=report("results/tables/ablations/{ablation}.csv", caption="../report/ablation.rst", category="Tables"),
+        csv=report("results/tables/ablations/{ablation}.csv", caption="../report/ablation.rst", category="Tables",
+                   labels=made_with_labels(table="{ablation}.csv")),
         markdown="results/tables/ablations/{ablation}.md",
         latex="results/tables/ablations/{ablation}.tex",
     params:
