@@ -138,6 +138,8 @@ def configfile_misuses(text: str) -> list[str]:
                 if not word.rstrip("`).,;").endswith((".yaml", ".yml", ".json")):
                     bad.append(line.strip())
                     break
+                if word.endswith("`"):  # the end of an inline command: the prose after it is no argument
+                    break
     return bad
 
 
@@ -148,3 +150,4 @@ def test_no_target_follows_configfile_in_the_docs() -> None:
         {str(path.relative_to(REPO)): [] for path in docs}
     assert configfile_misuses("snakemake --cores 8 --configfile config/paper.yaml results/tables/pt_ir.csv") == [
         "snakemake --cores 8 --configfile config/paper.yaml results/tables/pt_ir.csv"]
+    assert configfile_misuses("`snakemake --cores 8 x.csv --configfile my.yaml` runs exactly `my.yaml`") == []
