@@ -28,6 +28,13 @@ def test_readme_block_is_what_the_script_generates() -> None:
         "README.md's generated block is out of date: run python -m rationality.report.readme"
 
 
+def test_readme_benchmark_figures_are_what_the_benchmark_report_generates() -> None:
+    """The Performance section's GPU and CPU tables and gpu_stage.json come from benchmarks/results/."""
+    result = subprocess.run([sys.executable, "benchmarks/report.py", "--check"], cwd=REPO, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.fixture
 def small(tmp_path: Path) -> Path:
     """A repository-like root: one ViT-B/32 on ImageNet and CUB, ZS and LP, two ImageNet-C corruptions
@@ -72,7 +79,7 @@ def test_gpu_hours_and_storage_from_the_measurements(small: Path) -> None:
     assert "| train | 4 | 5 |  |" in block and "| infer_ood | 6 | 6 | 300,000 |" in block
     _gpu(small, {"m": 100.0})
     block = generate(small)
-    assert "from the throughput measured on a test GPU (2026-01-02, `benchmarks/gpu.sh`)" in block
+    assert "from the throughput measured on a test GPU (2026-01-02, `benchmarks/gpu.sh`: the explanation pass in fp32" in block
     assert "| m | 161,588 | 300,000 | 100.0 | 1.3 |" in block  # 461,588 images / 100 per s = 1.28 h
     assert "| all | 161,588 | 300,000 | | 1.3 |" in block
     # cache: 3 x 50,000 x 1,000 B + 2 x 5,794 x 500 B (clean); 6 x 50,000 x 1,000 B (out-of-distribution)

@@ -64,7 +64,8 @@ def test_without_a_config_file_the_demo_runs_from_any_directory(tmp_path: Path) 
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     jobs = planned_jobs(output)
-    assert jobs["synthetic_data"] == 1 and jobs["train"] == 6 and jobs["infer_ood"] == 6 * 2 * 2
+    # the OOD set: 2 corruptions x 2 severities, and the clean set as severity 0
+    assert jobs["synthetic_data"] == 1 and jobs["train"] == 6 and jobs["infer_ood"] == 6 * (2 * 2 + 1)
 
 
 #: Outputs of an earlier run that a config fault must leave as they are. The table is not among them,
@@ -88,11 +89,11 @@ FAULTS = {
                        "explainers[1]: unknown explainer 'gradcam'; known: attention_gradient, attention_rollout, "
                        "generic_attention, raw_attention"),
     "ood corruption typo": ("ood.demo-c.corruptions", ["fgo"], (
-        "ood.demo-c.corruptions: unknown corruption 'fgo' for source on_the_fly; allowed: gaussian_noise, shot_noise, "
-        "impulse_noise, defocus_blur, glass_blur, motion_blur, zoom_blur, snow, fog, brightness, contrast, "
-        "elastic_transform, pixelate, jpeg_compression")),
+        "ood.demo-c.corruptions: unknown corruption 'fgo'; allowed: gaussian_noise, shot_noise, impulse_noise, "
+        "defocus_blur, glass_blur, motion_blur, zoom_blur, snow, frost, fog, brightness, contrast, elastic_transform, "
+        "pixelate, jpeg_compression, speckle_noise, gaussian_blur, spatter, saturate")),
     "bad precision": ("infer.precision", "fp64",
-                      "infer.precision: unknown precision 'fp64'; allowed: fp32, bf16, fp16"),
+                      "infer.precision: unknown precision 'fp64'; allowed: fp32, tf32, bf16, fp16"),
 }
 
 
