@@ -150,6 +150,20 @@ def test_new_normalization_reruns_scoring_not_the_model(finished_demo: Path) -> 
     assert planned_jobs(result.stdout + result.stderr) == {"score": 3, "pt_ir_table": 1}
 
 
+def test_run_settings_and_resources_rerun_nothing(finished_demo: Path) -> None:
+    """Batch size, device, worker counts, the DDP launcher and every resource change how a job runs,
+    not what it computes: none of them re-runs a job."""
+    config = tiny_config()
+    config["infer"].update(batch_size=7, device="cpu", num_workers=1)
+    config["train"] = {"device": "cpu", "num_workers": 1, "nproc_per_node": 2}
+    config["resources"] = {stage: {"threads": 2, "mem_mb": 100, "runtime": 5} for stage in config["resources"]}
+    config["resources"]["train"]["gpu"] = config["resources"]["infer"]["gpu"] = 1
+    (finished_demo / "config-run.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(finished_demo, "-n", "results/tables/pt_ir.csv", configfile="config-run.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert planned_jobs(result.stdout + result.stderr) == {}
+
+
 def test_invalid_config_key_is_refused(tmp_path: Path) -> None:
     config = tiny_config()
     config["models"]["tiny-vit"]["pretrianed"] = "openai"
@@ -185,7 +199,7 @@ def test_demo_through_the_generic_cluster_executor(tmp_path: Path) -> None:
 def test_local_runs_schedule_one_gpu_job_at_a_time(finished_demo: Path) -> None:
     """The default workflow profile caps the `gpu` resource at 1: GPU jobs never overlap, even with free cores."""
     config = tiny_config()
-    config["resources"]["gpu"] = 1
+    config["resources"]["infer"]["gpu"] = 1
     (finished_demo / "config-gpu.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(finished_demo, "results/tables/pt_ir.csv", "--forcerun", "infer", configfile="config-gpu.yaml")
     output = result.stdout + result.stderr
@@ -202,13 +216,11 @@ def test_local_runs_schedule_one_gpu_job_at_a_time(finished_demo: Path) -> None:
     assert started == 3 and most == 1
 
 
-def test_paper_config_plans_the_full_grid_over_fixture_trees(tmp_path: Path) -> None:
-    """config/paper.yaml with its dataset roots on small fixture trees in the real formats: the
-    datasets check passes and a dry run plans 4 models x 4 datasets x ZS/LP/FLCP/FT + CoOp and
-    Tip-Adapter-F for the two CLIP models, and every out-of-distribution run."""
+def paper_config_on_fixture_trees(tmp_path: Path) -> dict:
+    """config/paper.yaml with its dataset roots on small fixture trees in the real formats under
+    ``tmp_path``, written to ``tmp_path / "paper.yaml"``."""
     from PIL import Image
 
-    from rationality.config import ood_runs, validate_config
     from tests.fixture_trees import make_caltech_tree, make_cub_tree, make_stanford_dogs_tree
     from tests.fixture_trees_imagenet import WNIDS, write_imagenet_c, write_imagenet_val
 
@@ -230,7 +242,16 @@ def test_paper_config_plans_the_full_grid_over_fixture_trees(tmp_path: Path) -> 
     albef.write_bytes(b"")  # the file's presence is all a dry run needs
     config["models"]["albef"]["pretrained"] = str(albef)
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(config))
+    return config
 
+
+def test_paper_config_plans_the_full_grid_over_fixture_trees(tmp_path: Path) -> None:
+    """config/paper.yaml on fixture trees: the datasets check passes and a dry run plans 4 models x
+    4 datasets x ZS/LP/FLCP/FT + CoOp and Tip-Adapter-F for the two CLIP models, and every
+    out-of-distribution run."""
+    from rationality.config import ood_runs, validate_config
+
+    config = paper_config_on_fixture_trees(tmp_path)
     check = subprocess.run([str(SNAKEMAKE.with_name("rationality")), "datasets", "check", str(tmp_path / "paper.yaml")],
                            capture_output=True, text=True, timeout=600)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
