@@ -246,20 +246,32 @@ def paper_config_on_fixture_trees(tmp_path: Path) -> dict:
 
 
 def test_paper_config_plans_the_full_grid_over_fixture_trees(tmp_path: Path) -> None:
-    """config/paper.yaml on fixture trees: the datasets check passes and a dry run plans 4 models x
-    4 datasets x ZS/LP/FLCP/FT + CoOp and Tip-Adapter-F for the two CLIP models, and every
-    out-of-distribution run."""
+    """config/paper.yaml on fixture trees: the datasets check passes and a dry run through
+    profiles/slurm plans 4 models x 4 datasets x ZS/LP/FLCP/FT + CoOp and Tip-Adapter-F for the two
+    CLIP models, and every out-of-distribution run, each job with the resources its rule declares from
+    the config (neither the SLURM profile nor the local GPU cap changes them): with 2 processes per
+    training job, a training job asks for 2 GPUs."""
     from rationality.config import ood_runs, validate_config
 
     config = paper_config_on_fixture_trees(tmp_path)
+    config["train"]["nproc_per_node"] = 2
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump(config))
     check = subprocess.run([str(SNAKEMAKE.with_name("rationality")), "datasets", "check", str(tmp_path / "paper.yaml")],
                            capture_output=True, text=True, timeout=600)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     assert "all OK" in check.stdout
 
-    result = snakemake(tmp_path, "-n", "results/tables/pt_ir.csv", *ood_targets(config), configfile="paper.yaml")
+    result = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"), "results/tables/pt_ir.csv",
+                       *ood_targets(config), configfile="paper.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     jobs = planned_jobs(result.stdout)
+    asked = {}
+    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.MULTILINE):
+        resources = dict(re.findall(r"(\w+)=([^,]+)", resources))
+        asked.setdefault(rule, set()).add(tuple(resources.get(name) for name in ("gpu", "mem_mb", "runtime")))
+    assert asked["train"] == {("2", "32000", "720")}
+    assert asked["infer"] == asked["infer_ood"] == {("1", "32000", "720")}
+    assert asked["score"] == asked["score_ood"] == {(None, "16000", "120")}
     runs = 4 * 4 * 4 + 2 * 4 * 2
     assert (jobs["train"], jobs["infer"], jobs["score"]) == (runs, runs, runs)
     assert jobs["infer_ood"] == jobs["score_ood"] == len(ood_runs(validate_config(config))) == 3000
