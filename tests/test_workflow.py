@@ -178,6 +178,20 @@ def test_new_normalization_reruns_scoring_not_the_model(finished_demo: Path) -> 
     assert planned_jobs(result.stdout + result.stderr) == {"score": 3, "pt_ir_table": 1}
 
 
+def test_run_settings_and_resources_rerun_nothing(finished_demo: Path) -> None:
+    """Batch size, device, worker counts, the DDP launcher and every resource change how a job runs,
+    not what it computes: none of them re-runs a job."""
+    config = tiny_config()
+    config["infer"].update(batch_size=7, device="cpu", num_workers=1)
+    config["train"] = {"device": "cpu", "num_workers": 1, "nproc_per_node": 2}
+    config["resources"] = {stage: {"threads": 2, "mem_mb": 100, "runtime": 5} for stage in config["resources"]}
+    config["resources"]["train"]["gpu"] = config["resources"]["infer"]["gpu"] = 1
+    (finished_demo / "config-run.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(finished_demo, "-n", "results/tables/pt_ir.csv", configfile="config-run.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert planned_jobs(result.stdout + result.stderr) == {}
+
+
 def test_invalid_config_key_is_refused(tmp_path: Path) -> None:
     config = tiny_config()
     config["models"]["tiny-vit"]["pretrianed"] = "openai"
@@ -213,7 +227,7 @@ def test_demo_through_the_generic_cluster_executor(tmp_path: Path) -> None:
 def test_local_runs_schedule_one_gpu_job_at_a_time(finished_demo: Path) -> None:
     """The default workflow profile caps the `gpu` resource at 1: GPU jobs never overlap, even with free cores."""
     config = tiny_config()
-    config["resources"]["gpu"] = 1
+    config["resources"]["infer"]["gpu"] = 1
     (finished_demo / "config-gpu.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(finished_demo, "results/tables/pt_ir.csv", "--forcerun", "infer", configfile="config-gpu.yaml")
     output = result.stdout + result.stderr
@@ -231,23 +245,32 @@ def test_local_runs_schedule_one_gpu_job_at_a_time(finished_demo: Path) -> None:
 
 
 def test_paper_config_plans_the_full_grid_over_fixture_trees(tmp_path: Path) -> None:
-    """config/paper.yaml with its dataset roots on small fixture trees in the real formats: the
-    datasets check passes and a dry run of the default target plans 4 models x 4 datasets x
-    ZS/LP/FLCP/FT + CoOp and Tip-Adapter-F for the two CLIP models, and exactly the out-of-distribution
-    runs of the paper's figures."""
+    """config/paper.yaml on fixture trees: the datasets check passes and a dry run through
+    profiles/slurm plans 4 models x 4 datasets x ZS/LP/FLCP/FT + CoOp and Tip-Adapter-F for the two
+    CLIP models, and every out-of-distribution run, each job with the resources its rule declares from
+    the config (neither the SLURM profile nor the local GPU cap changes them): with 2 processes per
+    training job, a training job asks for 2 GPUs."""
     from rationality.config import ood_runs, validate_config
     from tests.fixture_trees_paper import write_paper_config
 
     config = write_paper_config(tmp_path)
-
+    config["train"]["nproc_per_node"] = 2
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump(config))
     check = subprocess.run([str(SNAKEMAKE.with_name("rationality")), "datasets", "check", str(tmp_path / "paper.yaml")],
                            capture_output=True, text=True, timeout=600)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     assert "all OK" in check.stdout
 
-    result = snakemake(tmp_path, "-n", configfile="paper.yaml")
+    result = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"), configfile="paper.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     jobs = planned_jobs(result.stdout)
+    asked = {}
+    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.MULTILINE):
+        resources = dict(re.findall(r"(\w+)=([^,]+)", resources))
+        asked.setdefault(rule, set()).add(tuple(resources.get(name) for name in ("gpu", "mem_mb", "runtime")))
+    assert asked["train"] == {("2", "32000", "720")}
+    assert asked["infer"] == asked["infer_ood"] == {("1", "32000", "720")}
+    assert asked["score"] == asked["score_ood"] == {(None, "16000", "120")}
     runs = 4 * 4 * 4 + 2 * 4 * 2
     assert (jobs["train"], jobs["infer"], jobs["score"]) == (runs, runs, runs)
     assert jobs["infer_ood"] == jobs["score_ood"] == len(ood_runs(validate_config(config))) == 2 * 4 * (1 + 6 * 5)

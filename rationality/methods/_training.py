@@ -191,6 +191,8 @@ def init_distributed(device: str) -> torch.device:
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if dist.get_rank() == 0:
+            print(f"DDP: {dist.get_world_size()} processes ({dist.get_backend()})", flush=True)
         if use_cuda:
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local_rank)

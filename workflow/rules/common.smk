@@ -230,3 +230,36 @@ def train_launcher(wildcards):
     if processes == 1:
         return "rationality"
     return f"torchrun --standalone --nproc-per-node {processes} -m rationality"
+
+
+# Resources: what a job asks of the machine or the scheduler, per stage of config["resources"]. They
+# never trigger a re-run, and neither do the run settings passed as resources below (batch size,
+# device, worker counts, launcher), which change how a job runs, not what it computes.
+
+
+def stage_threads(stage):
+    return config["resources"][stage]["threads"]
+
+
+def stage_mem_mb(stage):
+    return config["resources"][stage]["mem_mb"]
+
+
+def stage_gpus(stage):
+    return config["resources"][stage]["gpu"]
+
+
+def local_gpu_jobs(stage):
+    """1 for a job of a stage that uses GPUs, else 0: what profiles/default caps on a local machine."""
+    return int(stage_gpus(stage) > 0)
+
+
+def stage_runtime(stage):
+    """The stage's runtime in minutes, times the attempt: a retried job (after hitting its time limit)
+    asks for more time, and training and inference resume where the last attempt stopped."""
+    minutes = config["resources"][stage]["runtime"]
+
+    def runtime(wildcards, attempt):
+        return minutes * attempt
+
+    return runtime

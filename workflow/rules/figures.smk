@@ -79,10 +79,10 @@ rule threshold_figure:
         "results/logs/figures/threshold_{model}_{dataset}.log",
     benchmark:
         "results/benchmarks/figures/threshold_{model}_{dataset}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality figure threshold {input:q} --undefined {params.undefined} --out {output:q} > {log:q} 2>&1"
 
@@ -101,10 +101,10 @@ rule start_layer_figure:
         "results/logs/figures/start_layer_{model}_{dataset}.log",
     benchmark:
         "results/benchmarks/figures/start_layer_{model}_{dataset}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality figure start-layer {input:q} --threshold {params.threshold} --undefined {params.undefined}"
         " --out {output:q} > {log:q} 2>&1"
@@ -129,10 +129,10 @@ rule gallery:
         "results/logs/figures/gallery_{model}_{dataset}.log",
     benchmark:
         "results/benchmarks/figures/gallery_{model}_{dataset}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality figure gallery --scores {input.scores:q} --cache {input.caches:q} --masks {input.masks:q}"
         " --selection {params.selection} --samples {params.samples} --threshold {params.threshold}"
@@ -169,10 +169,10 @@ rule ood_figure:
         "results/logs/figures/ood_{model}.log",
     benchmark:
         "results/benchmarks/figures/ood_{model}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality figure ood {input:q} --threshold {params.threshold} --undefined {params.undefined}"
         " {params.layout} --out {output:q} > {log:q} 2>&1"

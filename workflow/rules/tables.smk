@@ -54,10 +54,10 @@ rule pt_ir_table:
         "results/logs/tables/pt_ir.log",
     benchmark:
         "results/benchmarks/tables/pt_ir.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality table {input:q} --threshold {params.threshold} --undefined {params.undefined}"
         " --out {output.csv:q} --paper-csv {output.paper_csv:q} --markdown {output.markdown:q}"
@@ -79,10 +79,10 @@ rule bootstrap_table:
         "results/logs/tables/bootstrap.log",
     benchmark:
         "results/benchmarks/tables/bootstrap.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality bootstrap {input:q} --threshold {params.threshold} --undefined {params.undefined}"
         " --resamples {params.resamples} --seed {params.seed} --out {output:q} > {log:q} 2>&1"
@@ -101,10 +101,10 @@ rule ood_table:
         "results/logs/tables/ood.log",
     benchmark:
         "results/benchmarks/tables/ood.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality table {input:q} --threshold {params.threshold} --undefined {params.undefined}"
         " --out {output:q} > {log:q} 2>&1"
