@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from rationality.errors import ConfigError
-from rationality.explain.base import Explainer
+from rationality.explain.base import Explainer, Readout
+from rationality.models.base import AttentionRecording, VisionLanguageAdapter
 from rationality.models.heads import ImageClassifier
 
 #: Precision names -> autocast dtype (None: no autocast, fp32).
@@ -47,8 +48,25 @@ def explain_batch(
           torch.autocast(pixels.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)):
         logits = classifier(pixels).float()
         target = logits.gather(1, labels.view(-1, 1)).sum()
-        gradients = torch.autograd.grad(target, attentions)
+        gradients = torch.autograd.grad(target, [*attentions, *attentions.pooling])
+    readout = adapter_readout(adapter, attentions, gradients[len(attentions):])
+    gradients = [g.float() for g in gradients[: len(attentions)]]
     attentions = [a.detach().float() for a in attentions]
-    gradients = [g.float() for g in gradients]
-    heatmaps = torch.stack([explainer(attentions, gradients) for explainer in explainers], dim=1)
+    heatmaps = torch.stack([explainer(attentions, gradients, readout) for explainer in explainers], dim=1)
     return logits.detach(), heatmaps.reshape(*heatmaps.shape[:3], *adapter.grid)
+
+
+def adapter_readout(adapter: VisionLanguageAdapter, recording: AttentionRecording,
+                    pooling_gradients: tuple[torch.Tensor, ...]) -> Readout:
+    """The :class:`Readout` of one recorded forward pass, as ``adapter.readout`` says (float32)."""
+    batch, _, tokens, _ = recording[0].shape
+    like = torch.zeros((), device=recording[0].device)  # float32 on the batch's device
+    if adapter.readout == "cls":
+        return Readout.cls_token(batch, tokens, adapter.prefix_tokens, like=like)
+    if adapter.readout == "average":
+        return Readout.average(batch, tokens, adapter.prefix_tokens, like=like)
+    if len(recording.pooling) != 1:
+        raise RuntimeError(f"{type(adapter).__name__}: one forward pass recorded {len(recording.pooling)} pooling "
+                           f"attentions instead of one")
+    return Readout.attention_pool(recording.pooling[0].detach().float(), pooling_gradients[0].float(), tokens,
+                                  adapter.prefix_tokens)

@@ -57,7 +57,9 @@ from transformers import BertConfig, BertModel, BertTokenizer
 from rationality.data.geometry import Geometry
 from rationality.errors import ConfigError
 from rationality.models._tokenizers import bert_tokenizer_from_vocab, check_tokenizer
-from rationality.models.base import ModelSpec, VisionLanguageAdapter, register_adapter, swapped_attention
+from rationality.models.base import (
+    AttentionRecording, ModelSpec, VisionLanguageAdapter, register_adapter, swapped_attention,
+)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 #: ALBEF normalises images with CLIP's statistics (its dataset/__init__.py).
@@ -293,5 +295,5 @@ class AlbefAdapter(VisionLanguageAdapter):
     def image_tower(self) -> nn.Module:
         return self.vision
 
-    def recording_attention(self) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
+    def recording_attention(self) -> contextlib.AbstractContextManager[AttentionRecording]:
         return swapped_attention(self._blocks, _RecordingAttention)

@@ -52,7 +52,7 @@ from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval
 from rationality.data.geometry import Geometry
 from rationality.errors import ConfigError
 from rationality.models._tokenizers import bert_tokenizer_from_vocab, check_tokenizer
-from rationality.models.base import ModelSpec, VisionLanguageAdapter, register_adapter
+from rationality.models.base import AttentionRecording, ModelSpec, VisionLanguageAdapter, register_adapter
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_VOCAB = CONFIG_DIR / "rationality-tiny-bert-vocab.txt"
@@ -167,8 +167,8 @@ class BlipAdapter(VisionLanguageAdapter):
         return nn.ModuleDict({"vision_model": self.model.vision_model, "vision_proj": self.model.vision_proj})
 
     @contextlib.contextmanager
-    def recording_attention(self) -> Iterator[list[torch.Tensor]]:
-        probabilities: list[torch.Tensor] = []
+    def recording_attention(self) -> Iterator[AttentionRecording]:
+        probabilities = AttentionRecording()
         handles = [dropout.register_forward_hook(lambda _module, _inputs, output: probabilities.append(output))
                    for dropout in self._attention_dropouts]
         try:
