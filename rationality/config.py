@@ -49,7 +49,7 @@ def _check(instance: Any, schema: dict[str, Any], source: str) -> None:
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Validate a whole workflow config and return a copy with defaults filled in.
 
-    Also checks that every name under ``runs`` exists.
+    Also checks that every name under ``runs`` exists and that each run's model can run its method.
 
     Raises:
         ConfigError: listing every violation with its key path.
@@ -66,6 +66,9 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
             if unknown:
                 raise ConfigError(f"{source} is invalid:\n  {where}.{section}: {unknown} not defined under {section}")
     _check_ood(filled, source)
+    from rationality.methods.base import check_runs_supported  # imports torch: only once the schema holds
+
+    check_runs_supported(filled["models"], filled["methods"], run_triples(filled), source)
     for model, pretrain in filled["pretrain"].items():
         expected = pretrained_path(model)
         if model not in filled["models"] or filled["models"][model]["pretrained"] != expected:

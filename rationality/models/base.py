@@ -147,8 +147,9 @@ class VisionLanguageAdapter(nn.Module, abc.ABC):
         return None
 
     @classmethod
-    def capabilities_of(cls, spec: ModelSpec) -> frozenset[str]:
-        """What the model of ``spec`` supports, decided without building it (default: :attr:`capabilities`)."""
+    def capabilities_of(cls, spec: ModelSpec) -> frozenset[str] | None:
+        """What the model of ``spec`` supports, decided without building it (default: :attr:`capabilities`);
+        None when only building it can tell (the methods then check when they run)."""
         return cls.capabilities
 
     @abc.abstractmethod
@@ -205,6 +206,8 @@ _ADAPTERS: Registry[type[VisionLanguageAdapter]] = Registry("model adapter", "ra
 register_adapter = _ADAPTERS.register
 #: Names of the registered model adapters.
 list_adapters = _ADAPTERS.names
+#: The adapter class registered under a name (ConfigError listing the known names otherwise).
+adapter_class = _ADAPTERS.get
 
 
 def create_adapter(spec: ModelSpec | dict[str, Any]) -> VisionLanguageAdapter:
