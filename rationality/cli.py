@@ -69,6 +69,12 @@ def _cmd_datasets_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_list(args: argparse.Namespace) -> None:
+    from rationality.catalog import catalog, format_catalog
+
+    print(format_catalog(catalog(args.kind)))
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from rationality.pretrain import pretrain_image_text
 
@@ -277,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", help="config YAML (e.g. config/config.yaml)")
     check.add_argument("--images", action="store_true", help="also decode every image (slow)")
     check.set_defaults(run=_cmd_datasets_check)
+
+    listing = commands.add_parser("list", help="what the registries hold: model families, methods, explainers, datasets")
+    listing.add_argument("kind", choices=["models", "methods", "explainers", "datasets"])
+    listing.set_defaults(run=_cmd_list)
 
     pretrain = commands.add_parser("pretrain", help="image-text pretraining of a small random model (demo)")
     pretrain.add_argument("--model", required=True, type=_spec("model", "--model"), help="model spec")

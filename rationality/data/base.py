@@ -109,6 +109,8 @@ _DATASETS: Registry[type[DatasetReader]] = Registry("dataset reader", "rationali
 register_dataset = _DATASETS.register
 #: Names of the registered dataset readers.
 list_datasets = _DATASETS.names
+#: The reader class registered under a name (ConfigError listing the known names otherwise).
+dataset_class = _DATASETS.get
 
 
 def create_dataset(reader: str, root: str | Path, **options: Any) -> DatasetReader:

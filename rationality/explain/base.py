@@ -105,6 +105,8 @@ _EXPLAINERS: Registry[type[Explainer]] = Registry("explainer", "rationality.expl
 register_explainer = _EXPLAINERS.register
 #: Names of the registered explainers.
 list_explainers = _EXPLAINERS.names
+#: The explainer class registered under a name (ConfigError listing the known names otherwise).
+explainer_class = _EXPLAINERS.get
 
 
 def create_explainer(name: str) -> Explainer:

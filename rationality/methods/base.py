@@ -81,6 +81,8 @@ _METHODS: Registry[type[AdaptationMethod]] = Registry("adaptation method", "rati
 register_method = _METHODS.register
 #: Kinds of the registered adaptation methods.
 list_methods = _METHODS.names
+#: The method class registered as a kind (ConfigError listing the known kinds otherwise).
+method_class = _METHODS.get
 
 
 def create_method(spec: dict[str, Any]) -> AdaptationMethod:

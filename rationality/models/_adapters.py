@@ -2,4 +2,5 @@
 
 from rationality.models import albef  # noqa: F401
 from rationality.models import blip  # noqa: F401
+from rationality.models import hf_clip  # noqa: F401
 from rationality.models import openclip  # noqa: F401

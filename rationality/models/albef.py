@@ -58,7 +58,7 @@ from rationality.data.geometry import Geometry
 from rationality.errors import ConfigError
 from rationality.models._tokenizers import bert_tokenizer_from_vocab, check_tokenizer
 from rationality.models.base import (
-    AttentionRecording, ModelSpec, VisionLanguageAdapter, register_adapter, swapped_attention,
+    AttentionRecording, ModelFamily, ModelSpec, VisionLanguageAdapter, register_adapter, swapped_attention,
 )
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -202,6 +202,9 @@ class _RecordingAttention(nn.Module):
 @register_adapter("albef")
 class AlbefAdapter(VisionLanguageAdapter):
     """ALBEF's ITC towers: a timm ViT and a transformers BertModel (text layers only)."""
+
+    families = (ModelFamily("ALBEF (ITC)", "albef-vit-b-16", "a released checkpoint file (ALBEF.pth, mscoco.pth, ...)",
+                            "cls", frozenset(), "rationality-tiny-albef"),)
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)

@@ -39,6 +39,27 @@ READOUTS = ("cls", "average", "attention")
 LEARNED_TEXT_CONTEXT = "learned_text_context"
 
 
+@dataclass(frozen=True)
+class ModelFamily:
+    """A family of models an adapter runs, as ``rationality list models`` and the README show it.
+
+    Attributes:
+        name: e.g. ``SigLIP / SigLIP 2``.
+        examples: model names for ``ModelSpec.name``, e.g. ``ViT-B-16-SigLIP2``.
+        weights: what ``ModelSpec.pretrained`` may be.
+        readout: how the image embedding reads the tokens (one of :data:`READOUTS`).
+        capabilities: what its models support (as :meth:`VisionLanguageAdapter.capabilities_of` says).
+        tiny: the project's tiny random-init architecture of the family (tests, demo).
+    """
+
+    name: str
+    examples: str
+    weights: str
+    readout: str
+    capabilities: frozenset[str]
+    tiny: str
+
+
 class AttentionRecording(list):
     """What :meth:`VisionLanguageAdapter.recording_attention` yields: the image blocks' attention in
     block order (the list itself, each [B, heads, T, T]), and in :attr:`pooling` the attention of an
@@ -108,6 +129,7 @@ class VisionLanguageAdapter(nn.Module, abc.ABC):
             registers); T = P + gy * gx.
         readout: one of :data:`READOUTS`; ``cls`` means token 0 is the CLS token the embedding reads.
         capabilities: what every model of the family supports (e.g. :data:`LEARNED_TEXT_CONTEXT`).
+        families: the model families the adapter runs (documentation data).
     """
 
     geometry: Geometry
@@ -118,6 +140,7 @@ class VisionLanguageAdapter(nn.Module, abc.ABC):
     prefix_tokens: int = 1
     readout: str = "cls"
     capabilities: frozenset[str] = frozenset()
+    families: tuple[ModelFamily, ...] = ()
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()

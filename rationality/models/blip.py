@@ -52,7 +52,9 @@ from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval
 from rationality.data.geometry import Geometry
 from rationality.errors import ConfigError
 from rationality.models._tokenizers import bert_tokenizer_from_vocab, check_tokenizer
-from rationality.models.base import AttentionRecording, ModelSpec, VisionLanguageAdapter, register_adapter
+from rationality.models.base import (
+    AttentionRecording, ModelFamily, ModelSpec, VisionLanguageAdapter, register_adapter,
+)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_VOCAB = CONFIG_DIR / "rationality-tiny-bert-vocab.txt"
@@ -119,6 +121,10 @@ def load_tokenizer(spec: ModelSpec) -> Any:
 @register_adapter("blip")
 class BlipAdapter(VisionLanguageAdapter):
     """A transformers ``BlipForImageTextRetrieval`` used through its ITC (unimodal) embeddings."""
+
+    families = (ModelFamily("BLIP (ITC)", "Salesforce/blip-itm-base-coco",
+                            "hub (the Hugging Face cache) or a save_pretrained directory", "cls", frozenset(),
+                            "rationality-tiny-blip"),)
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)

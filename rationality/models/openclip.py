@@ -59,7 +59,8 @@ from rationality.data.geometry import Geometry
 from rationality.errors import ConfigError
 from rationality.models._attention import RecordingMultiheadAttention
 from rationality.models.base import (
-    LEARNED_TEXT_CONTEXT, AttentionRecording, ModelSpec, VisionLanguageAdapter, register_adapter, swapped_attention,
+    LEARNED_TEXT_CONTEXT, AttentionRecording, ModelFamily, ModelSpec, VisionLanguageAdapter, register_adapter,
+    swapped_attention,
 )
 from rationality.models.timm_towers import TimmVitTower
 
@@ -176,6 +177,18 @@ def text_tower_supports_learned_context(name: str, model_config: dict) -> bool:
 @register_adapter("open_clip")
 class OpenClipAdapter(VisionLanguageAdapter):
     """An open_clip ``CLIP`` or ``CustomTextCLIP`` model with a ViT image tower (open_clip's or timm's)."""
+
+    families = (
+        ModelFamily("CLIP", "ViT-B-32-quickgelu, ViT-B-16-quickgelu (OpenAI weights); ViT-B-16 (LAION, DataComp)",
+                    "an open_clip tag (openai, laion2b_s34b_b88k, ...), a local state dict or OpenAI .pt file",
+                    "cls", frozenset({LEARNED_TEXT_CONTEXT}), "rationality-tiny-vit"),
+        ModelFamily("SigLIP / SigLIP 2", "ViT-B-16-SigLIP, ViT-B-16-SigLIP2, ViT-SO400M-14-SigLIP2, ...",
+                    "the open_clip tag webli, or a local state dict (with options.force_preprocess_cfg)",
+                    "attention", frozenset(), "rationality-tiny-map-vit"),
+        ModelFamily("EVA02-CLIP", "EVA02-B-16, EVA02-L-14, ...",
+                    "an open_clip tag (merged2b_s8b_b131k, ...) or a local state dict",
+                    "cls", frozenset({LEARNED_TEXT_CONTEXT}), "rationality-tiny-eva-vit"),
+    )
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
