@@ -12,7 +12,6 @@ zero-shot logits (with SigLIP's bias) are compared with the prompt head's.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Callable
 
 import open_clip

@@ -15,7 +15,7 @@ import torch
 
 from rationality.errors import ConfigError
 from rationality.explain.base import Explainer, Readout
-from rationality.models.base import AttentionRecording, VisionLanguageAdapter
+from rationality.models.base import READOUTS, AttentionRecording, VisionLanguageAdapter
 from rationality.models.heads import ImageClassifier
 
 #: Precision names -> autocast dtype (None: no autocast, fp32).
@@ -65,6 +65,8 @@ def adapter_readout(adapter: VisionLanguageAdapter, recording: AttentionRecordin
         return Readout.cls_token(batch, tokens, adapter.prefix_tokens, like=like)
     if adapter.readout == "average":
         return Readout.average(batch, tokens, adapter.prefix_tokens, like=like)
+    if adapter.readout != "attention":
+        raise ValueError(f"{type(adapter).__name__}: unknown readout {adapter.readout!r}; one of {READOUTS}")
     if len(recording.pooling) != 1:
         raise RuntimeError(f"{type(adapter).__name__}: one forward pass recorded {len(recording.pooling)} pooling "
                            f"attentions instead of one")

@@ -52,7 +52,6 @@ from typing import NamedTuple, Sequence
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rationality.data.geometry import Geometry
