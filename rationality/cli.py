@@ -127,6 +127,12 @@ def _cmd_config_resolve(args: argparse.Namespace) -> None:
     print(format_runs(resolved_runs(load_config_files(args.configs)), args.format), end="")
 
 
+def _cmd_list(args: argparse.Namespace) -> None:
+    from rationality.catalog import catalog, format_catalog
+
+    print(format_catalog(catalog(args.kind)))
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from rationality.pretrain import pretrain_image_text
 
@@ -359,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="config YAML files, merged in order as several Snakemake --configfile files")
     resolve.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     resolve.set_defaults(run=_cmd_config_resolve)
+
+    listing = commands.add_parser("list", help="what the registries hold: model families, methods, explainers, datasets")
+    listing.add_argument("kind", choices=["models", "methods", "explainers", "datasets"])
+    listing.set_defaults(run=_cmd_list)
 
     pretrain = commands.add_parser("pretrain", help="image-text pretraining of a small random model (demo)")
     pretrain.add_argument("--model", required=True, type=_spec("model", "--model"), help="model spec")

@@ -72,6 +72,7 @@ def validate_config(config: dict[str, Any], source: str = "config", deep: bool =
         if deep:
             _check_registered(filled)
             _check_methods(filled)
+            _check_capabilities(filled)
             _check_ood(filled)
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
@@ -107,6 +108,13 @@ def _check_registered(config: dict[str, Any]) -> None:
     for i, explainer in enumerate(config["explainers"]):
         check_explainer(explainer, f"explainers[{i}]")
     check_precision(config["infer"]["precision"], "infer.precision")
+
+
+def _check_capabilities(config: dict[str, Any]) -> None:
+    """Every run's model can run its method (e.g. CoOp needs a text tower with prompt embeddings)."""
+    from rationality.methods.base import check_runs_supported
+
+    check_runs_supported(config["models"], config["methods"], run_triples(config))
 
 
 def _check_methods(config: dict[str, Any]) -> None:

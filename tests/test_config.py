@@ -223,7 +223,7 @@ def _faulty(path: str, value: object) -> dict:
     ("methods.lp.kind", "fine_tune", "methods.lp.kind: unknown adaptation method 'fine_tune'; known: coop, finetune, "
                                      "flcp, linear_probe, tip_adapter_f, zero_shot"),
     ("models.b16.adapter", "openclip", "models.b16.adapter: unknown model adapter 'openclip'; known: albef, blip, "
-                                       "open_clip"),
+                                       "open_clip, transformers"),
     ("datasets.cub.reader", "cub200", "datasets.cub.reader: unknown dataset reader 'cub200'; known: caltech101, "
                                       "corrupted, cub, imagenet, imagenet_c, stanford_dogs, synthetic"),
     ("datasets.cub.options", {"mask_treshold": 0.5}, "datasets.cub.options.mask_treshold: unknown key; allowed: "

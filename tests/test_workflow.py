@@ -27,7 +27,8 @@ def tiny_config() -> dict:
     config["synthetic"]["demo"]["image_size"] = [48, 40]
     config["methods"]["lp"]["epochs"] = 2
     config["methods"]["ft"]["epochs"] = 1
-    config["runs"]["methods"] = ["zs", "lp", "ft"]  # the other methods have tests of their own
+    # the other methods and the SigLIP-style model have tests of their own
+    config["runs"] = {"models": ["tiny-vit"], "datasets": ["demo"], "methods": ["zs", "lp", "ft"]}
     config["ood"]["demo-c"].update(corruptions=["fog"], severities=[3])
     return config
 
@@ -190,6 +191,35 @@ def test_run_settings_and_resources_rerun_nothing(finished_demo: Path) -> None:
     result = snakemake(finished_demo, "-n", "results/tables/pt_ir.csv", configfile="config-run.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     assert planned_jobs(result.stdout + result.stderr) == {}
+
+
+def test_model_without_a_cls_token_runs_through_the_workflow(tmp_path: Path) -> None:
+    """The demo's SigLIP-style model (attention pooling), pretrained, adapted and explained by the same rules."""
+    import xarray as xr
+
+    config = tiny_config()
+    config["pretrain"]["tiny-siglip"]["epochs"] = 1
+    config["runs"] = {"models": ["tiny-siglip"], "datasets": ["demo"], "methods": ["zs", "ft"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "results/tables/pt_ir.csv")
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = pd.read_csv(tmp_path / "results" / "tables" / "pt_ir.csv")
+    assert set(table["model"]) == {"tiny-siglip"} and (table["n"] == 4 * 3).all()
+    paper = table[table["start_layer_policy"] == "paper"].groupby("method")["start_layer"].agg(set)
+    assert paper.to_dict() == {"zs": {3}, "ft": {0}}
+    cache = xr.open_zarr(tmp_path / "results" / "cache" / "tiny-siglip" / "demo" / "zs.zarr")
+    assert (cache.sizes["gy"], cache.sizes["gx"], cache.sizes["start_layer"]) == (8, 8, 4)
+    assert (cache.heatmap.values > 0).any()
+
+
+def test_a_method_the_model_cannot_run_stops_the_workflow_before_any_job(tmp_path: Path) -> None:
+    config = tiny_config()
+    config["runs"] = [config["runs"], {"models": ["tiny-siglip"], "datasets": ["demo"], "methods": ["coop"]}]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "results/tables/pt_ir.csv")
+    assert result.returncode != 0
+    assert "method 'coop' needs learned_text_context, which model 'tiny-siglip'" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_invalid_config_key_is_refused(tmp_path: Path) -> None:

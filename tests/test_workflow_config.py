@@ -65,7 +65,7 @@ def test_without_a_config_file_the_demo_runs_from_any_directory(tmp_path: Path) 
     assert result.returncode == 0, output[-4000:]
     jobs = planned_jobs(output)
     # the OOD set: 2 corruptions x 2 severities, and the clean set as severity 0
-    assert jobs["synthetic_data"] == 1 and jobs["train"] == 6 and jobs["infer_ood"] == 6 * (2 * 2 + 1)
+    assert jobs["synthetic_data"] == 1 and jobs["train"] == 9 and jobs["infer_ood"] == 9 * (2 * 2 + 1)
 
 
 #: Outputs of an earlier run that a config fault must leave as they are. The table is not among them,
@@ -80,7 +80,7 @@ FAULTS = {
         "weight_decay")),
     "hyper-parameter type": ("methods.ft.epochs", "ten", "methods.ft.epochs: must be an integer, got 'ten'"),
     "adapter typo": ("models.tiny-vit.adapter", "openclip",
-                     "models.tiny-vit.adapter: unknown model adapter 'openclip'; known: albef, blip, open_clip"),
+                     "models.tiny-vit.adapter: unknown model adapter 'openclip'; known: albef, blip, open_clip, transformers"),
     "kind typo": ("methods.ft.kind", "fine_tune", "methods.ft.kind: unknown adaptation method 'fine_tune'; known: "
                                                   "coop, finetune, flcp, linear_probe, tip_adapter_f, zero_shot"),
     "reader option typo": ("datasets.demo.options", {"mask_treshold": 0.5},

@@ -155,6 +155,8 @@ _DATASETS: Registry[type[DatasetReader]] = Registry("dataset reader", "rationali
 register_dataset = _DATASETS.register
 #: Names of the registered dataset readers.
 list_datasets = _DATASETS.names
+#: The reader class registered under a name (ConfigError listing the known names otherwise).
+dataset_class = _DATASETS.get
 
 
 def check_reader_options(reader: str, options: dict[str, Any]) -> None:

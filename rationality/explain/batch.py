@@ -19,10 +19,13 @@ are asserted in ``tests/test_explain.py``, on a full-size ViT-B/16 in the README
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from rationality.errors import ConfigError
-from rationality.explain.base import Explainer
+from rationality.explain.base import Explainer, Readout
+from rationality.models.base import READOUTS, VisionLanguageAdapter
 from rationality.models.heads import ImageClassifier
 from rationality.precision import autocast_dtype, check_precision, float32_matmul_precision
 
@@ -55,23 +58,35 @@ def explain_batch(
         ConfigError: an unknown precision, or logits or gradients that overflow in fp16 (use bf16).
     """
     check_precision(precision)
+    adapter = classifier.adapter
     scale = FP16_INITIAL_SCALE if precision == "fp16" else 1.0
-    logits, attentions, gradients = _attention_gradients(classifier, pixels, labels, precision, scale)
+    logits, attentions, gradients, pooling = _attention_gradients(classifier, pixels, labels, precision, scale)
     # Only fp16 checks its gradients (a check waits for the GPU); the others have float32's exponent range.
-    while precision == "fp16" and not all(torch.isfinite(g).all() for g in gradients):
+    while precision == "fp16" and not all(torch.isfinite(g).all() for g in [*gradients, *pooling.gradients]):
         if scale == 1.0:
             raise ConfigError(f"precision {precision}: the attention gradients overflow even without loss scaling; "
                               f"use bf16")
         scale = max(scale / FP16_BACKOFF, 1.0)
-        logits, attentions, gradients = _attention_gradients(classifier, pixels, labels, precision, scale)
-    heatmaps = torch.stack([explainer(attentions, gradients) for explainer in explainers], dim=1)
-    return logits, heatmaps.reshape(*heatmaps.shape[:3], *classifier.adapter.grid)
+        logits, attentions, gradients, pooling = _attention_gradients(classifier, pixels, labels, precision, scale)
+    readout = adapter_readout(adapter, attentions, pooling)
+    heatmaps = torch.stack([explainer(attentions, gradients, readout) for explainer in explainers], dim=1)
+    return logits, heatmaps.reshape(*heatmaps.shape[:3], *adapter.grid)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolingAttention:
+    """The attention-pooling head's recorded attention and its gradient (each [B, heads, Q, T], float32,
+    detached), empty for adapters without one."""
+
+    attentions: tuple[torch.Tensor, ...]
+    gradients: tuple[torch.Tensor, ...]
 
 
 def _attention_gradients(
     classifier: ImageClassifier, pixels: torch.Tensor, labels: torch.Tensor, precision: str, scale: float,
-) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """One forward and one backward pass: logits [B, C], and per block A_l and dy/dA_l [B, heads, T, T].
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], PoolingAttention]:
+    """One forward and one backward pass: logits [B, C]; per block A_l and dy/dA_l [B, heads, T, T]; and
+    the pooling head's attention and gradient.
 
     All float32 and detached; the gradients are divided by ``scale`` again.
     """
@@ -84,6 +99,29 @@ def _attention_gradients(
         if precision == "fp16" and not torch.isfinite(logits).all():
             raise ConfigError(f"precision {precision}: non-finite logits (fp16 overflows on this model; use bf16)")
         target = logits.gather(1, labels.view(-1, 1)).sum()
-        gradients = torch.autograd.grad(target * scale if scale != 1.0 else target, attentions)
+        gradients = torch.autograd.grad(target * scale if scale != 1.0 else target, [*attentions, *attentions.pooling])
     gradients = [g.float() / scale if scale != 1.0 else g.float() for g in gradients]
-    return logits.detach(), [a.detach().float() for a in attentions], gradients
+    pooling = PoolingAttention(tuple(a.detach().float() for a in attentions.pooling),
+                               tuple(gradients[len(attentions):]))
+    return logits.detach(), [a.detach().float() for a in attentions], gradients[: len(attentions)], pooling
+
+
+def adapter_readout(adapter: VisionLanguageAdapter, attentions: list[torch.Tensor], pooling: PoolingAttention) -> Readout:
+    """The :class:`Readout` of one recorded forward pass, as ``adapter.readout`` says (float32).
+
+    Args:
+        attentions: the blocks' attention [B, heads, T, T] (for the batch and token counts).
+        pooling: the pooling head's attention and gradient (used by the ``attention`` readout).
+    """
+    batch, _, tokens, _ = attentions[0].shape
+    like = torch.zeros((), device=attentions[0].device)  # float32 on the batch's device
+    if adapter.readout == "cls":
+        return Readout.cls_token(batch, tokens, adapter.prefix_tokens, like=like)
+    if adapter.readout == "average":
+        return Readout.average(batch, tokens, adapter.prefix_tokens, like=like)
+    if adapter.readout != "attention":
+        raise ValueError(f"{type(adapter).__name__}: unknown readout {adapter.readout!r}; one of {READOUTS}")
+    if len(pooling.attentions) != 1:
+        raise RuntimeError(f"{type(adapter).__name__}: one forward pass recorded {len(pooling.attentions)} pooling "
+                           f"attentions instead of one")
+    return Readout.attention_pool(pooling.attentions[0], pooling.gradients[0], tokens, adapter.prefix_tokens)

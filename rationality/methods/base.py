@@ -3,7 +3,9 @@
 A method turns a pretrained adapter and a training split into an :class:`ImageClassifier`
 (adapter + head). Its hyper-parameters come from the config's method spec; unknown keys are errors.
 ``paper_start_layer`` records which start layer the paper's code used for the method's heatmaps
-(``last`` block for prompt-based methods, ``first`` = all blocks for head-based ones).
+(``last`` block for prompt-based methods, ``first`` = all blocks for head-based ones). ``requires``
+names the adapter capabilities the method needs (CoOp: a text tower taking learned context);
+:func:`check_runs_supported` compares them with each run's model before anything runs.
 
 Adding a method is one new module that subclasses :class:`AdaptationMethod`, decorates it with
 :func:`register_method`, and is imported in :mod:`rationality.methods._methods`.
@@ -33,6 +35,7 @@ class AdaptationMethod(abc.ABC):
     kind: ClassVar[str]
     paper_start_layer: ClassVar[Literal["first", "last"]]
     trains_image_tower: ClassVar[bool] = False
+    requires: ClassVar[frozenset[str]] = frozenset()
 
     prompt_template: str = "a photo of a {}."
 
@@ -79,6 +82,8 @@ _METHODS: Registry[type[AdaptationMethod]] = Registry("adaptation method", "rati
 register_method = _METHODS.register
 #: Kinds of the registered adaptation methods.
 list_methods = _METHODS.names
+#: The method class registered as a kind (ConfigError listing the known kinds otherwise).
+method_class = _METHODS.get
 
 
 def create_method(spec: dict[str, Any]) -> AdaptationMethod:
@@ -103,6 +108,30 @@ def create_method(spec: dict[str, Any]) -> AdaptationMethod:
     if unknown:
         raise ConfigError(f"not a hyper-parameter of kind {kind!r}; allowed: {', '.join(sorted(types))}", unknown[0])
     return cls(**{name: _typed(name, value, types[name]) for name, value in options.items()})
+
+
+def check_runs_supported(models: dict[str, Any], methods: dict[str, Any], runs: Sequence[tuple[str, str, str]]) -> None:
+    """Refuse a run whose method needs a capability its model lacks (e.g. CoOp on SigLIP), decided from
+    the adapters' data without building a model (adapters are imported only for methods with requirements).
+
+    Args:
+        models, methods: the config's sections (name -> spec).
+        runs: (model, dataset, method) names.
+
+    Raises:
+        ConfigError: about ``runs``, naming the model, the method and the missing capability.
+    """
+    from rationality.models.base import ModelSpec, adapter_class
+
+    for model, _, method in runs:
+        spec = ModelSpec.from_dict(models[model])
+        required = _METHODS.get(methods[method]["kind"]).requires
+        capabilities = adapter_class(spec.adapter).capabilities_of(spec) if required else None
+        missing = sorted(required - capabilities) if capabilities is not None else []
+        if missing:
+            raise ConfigError(f"method {method!r} needs {', '.join(missing)}, which model {model!r} ({spec.adapter} "
+                              f"{spec.name}) lacks; list it in a runs grid without {method!r} (see `rationality list "
+                              f"models`)", "runs")
 
 
 #: How messages name the hyper-parameter types.

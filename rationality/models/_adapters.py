@@ -9,3 +9,4 @@ from rationality.models.base import declare_adapter
 declare_adapter("albef", "rationality.models.albef")
 declare_adapter("blip", "rationality.models.blip")
 declare_adapter("open_clip", "rationality.models.openclip")
+declare_adapter("transformers", "rationality.models.hf_clip")
