@@ -162,6 +162,42 @@ def image_size(path: Path) -> Size:
         raise DataError(f"{path}: image file is corrupt or not an image ({exc})") from exc
 
 
+#: Image modes a mask file may have; each is read as 8-bit grey (mode ``1``: 0 or 255).
+MASK_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
+
+
+def read_mask_image(path: Path, image_path: Path, threshold: float, what: str, hint: str) -> np.ndarray:
+    """A mask image as bool [H, W]: True where its grey value / 255 >= ``threshold``.
+
+    Args:
+        path: the mask file (binary, or soft 0..255).
+        image_path: its image, whose size the mask must have.
+        threshold: in (0, 1].
+        what: what the file is, for messages (``segmentation``, ``mask``).
+        hint: the expected layout, for the message on a missing file.
+
+    Raises:
+        DataError: naming the file if it is missing, corrupt, not an 8-bit image or of another size.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file is missing ({hint})")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in MASK_MODES:
+                raise DataError(f"{path}: {what} must be an 8-bit image, got mode {image.mode!r}")
+            pixels = np.asarray(image.convert("L"))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: {what} file is corrupt or not an image ({exc})") from exc
+    width, height = image_size(image_path)
+    if pixels.shape != (height, width):
+        raise DataError(
+            f"{path}: {what} is {pixels.shape[1]}x{pixels.shape[0]} but its image "
+            f"{image_path} is {width}x{height} (width x height)"
+        )
+    return pixels / 255.0 >= threshold
+
+
 def load_mat(path: Path, what: str) -> dict[str, Any]:
     """The variables of the MATLAB file ``path`` (``what`` it is, for messages).
 
