@@ -32,6 +32,8 @@ class AdaptationMethod(abc.ABC):
     kind: ClassVar[str]
     paper_start_layer: ClassVar[Literal["first", "last"]]
     trains_image_tower: ClassVar[bool] = False
+    #: Whether :meth:`fit` reads the training split (False: the dataset needs none).
+    uses_training_split: ClassVar[bool] = True
 
     prompt_template: str = "a photo of a {}."
 
@@ -48,6 +50,10 @@ class AdaptationMethod(abc.ABC):
                          where: str) -> list[Sample]:
         """The samples of the training split this method trains on (all of them)."""
         return list(samples)
+
+    def input_files(self) -> list[str]:
+        """Files the method reads besides the model and the dataset (the workflow's inputs of its run)."""
+        return []
 
     def prompts(self, class_names: Sequence[str]) -> list[str]:
         """One text prompt per class from ``prompt_template``."""
@@ -78,6 +84,8 @@ _METHODS: Registry[type[AdaptationMethod]] = Registry("adaptation method", "rati
 register_method = _METHODS.register
 #: Kinds of the registered adaptation methods.
 list_methods = _METHODS.names
+#: The method class registered as a kind (ConfigError listing the known kinds otherwise).
+method_class = _METHODS.get
 
 
 def create_method(spec: dict[str, Any]) -> AdaptationMethod:
