@@ -1,6 +1,6 @@
 """Machinery shared by the readers of real datasets: a base for readers that list their splits up
-front, options, class names, image sizes, and the rasterisation of polygon and box annotations into
-masks.
+front, options, class names, image sizes, mask images, and the rasterisation of polygon, box and
+run-length (COCO RLE) annotations into masks.
 
 Pixel convention (MATLAB's and Pascal VOC's): coordinates are 1-based and pixel (column i, row j)
 is centred on the point (x=i, y=j), so a W x H image spans [0.5, W + 0.5] x [0.5, H + 0.5]. A region's
@@ -119,6 +119,17 @@ def path_option(options: dict[str, Any], name: str) -> Path | None:
     if not isinstance(value, (str, Path)) or not str(value):
         raise ConfigError(f"option {name} must be a path, got {value!r}")
     return Path(value)
+
+
+def root_path(root: Path, value: Any, option: str) -> Path:
+    """The path option ``option`` (``value``) of a reader whose relative paths are relative to ``root``.
+
+    Raises:
+        ConfigError: naming the root and the option, for a value that is not a path.
+    """
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ConfigError(f"{root}: option {option} must be a path, got {value!r}")
+    return root / value
 
 
 def bounds_tolerance(options: dict[str, Any]) -> float:
@@ -269,6 +280,57 @@ def polygon_mask(xs: np.ndarray, ys: np.ndarray, size: Size) -> np.ndarray:
     toggles = np.zeros((height, width + 1), dtype=np.int32)
     np.add.at(toggles, (row_index, first), 1)
     return (np.cumsum(toggles[:, :width], axis=1) % 2).astype(bool)
+
+
+def rle_counts(text: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``).
+
+    Each count is written in 5-bit groups, least significant first, one character (code 48 + group,
+    plus 32 when another group follows) per group, the last group's bit 16 extending the sign; from
+    the fourth count on, each is stored as its difference to the count two before.
+
+    Raises:
+        ValueError: for a character outside the encoding or a string that ends inside a count.
+    """
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(text):
+                raise ValueError("the string ends inside a count")
+            code = ord(text[position]) - 48
+            if not 0 <= code < 64:
+                raise ValueError(f"character {text[position]!r} is not in the encoding")
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position, shift = position + 1, shift + 5
+            if not more and code & 0x10:
+                value -= 1 << shift  # sign extension
+        counts.append(value + counts[-2] if len(counts) > 2 else value)
+    return counts
+
+
+def rle_mask(counts: list[int], size: Size) -> np.ndarray:
+    """Decode COCO run lengths: alternating runs of 0 and 1 (0 first) in column-major order.
+
+    Args:
+        counts: non-negative run lengths summing to width * height.
+        size: (width, height) of the image.
+
+    Returns:
+        bool [height, width].
+
+    Raises:
+        ValueError: for negative counts or counts that do not cover the image exactly.
+    """
+    width, height = size
+    runs = np.asarray(counts, dtype=np.int64)
+    if (runs < 0).any() or runs.sum() != width * height:
+        raise ValueError(f"run lengths must be >= 0 and sum to {width} x {height} = {width * height} pixels, "
+                         f"got {len(runs)} runs summing to {int(runs.sum())}")
+    values = np.arange(len(runs)) % 2 == 1
+    return np.repeat(values, runs).reshape(width, height).T
 
 
 def box_mask(boxes: np.ndarray, size: Size) -> np.ndarray:
