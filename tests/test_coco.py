@@ -240,6 +240,7 @@ def test_image_without_annotations(damaged: FixtureInfo) -> None:
      "two images have the id"),
     (lambda c: c["images"][0].update(width=0), r"images\[0\] \(.*\) needs positive integer width and height"),
     (lambda c: c["images"][0].pop("file_name"), r"images\[0\] lacks file_name"),
+    (lambda c: c["images"][0].update(file_name=7), r"images\[0\] needs a file_name \(text\), got 7"),
     (lambda c: c["categories"].append({"id": 40, "name": "zebra"}), "categories repeat an id or a name"),
     (lambda c: c.pop("annotations"), "annotations must be a list"),
 ])

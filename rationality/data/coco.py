@@ -184,6 +184,8 @@ class CocoReader(ListedReader):
         for index, record in enumerate(images):
             if record["id"] in by_image:
                 raise DataError(f"{path}: images[{index}] repeats image id {record['id']!r}")
+            if not isinstance(record["file_name"], str) or not record["file_name"]:
+                raise DataError(f"{path}: images[{index}] needs a file_name (text), got {record['file_name']!r}")
             if not _positive_int(record["width"]) or not _positive_int(record["height"]):
                 raise DataError(f"{path}: images[{index}] ({record['file_name']!r}) needs positive integer width and "
                                 f"height, got {record['width']!r} x {record['height']!r}")
