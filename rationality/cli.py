@@ -78,6 +78,27 @@ def _grids(text: str) -> list[dict[str, list[str]]]:
     return grids
 
 
+def _threshold(text: str) -> float:
+    """An RMA threshold: a finite number in [0, 1] (NaN would count no evidence as valid)."""
+    from rationality.scoring.metrics import check_threshold
+
+    try:
+        return check_threshold(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number in [0, 1], got {text!r}") from None
+
+
+def _confidence(text: str) -> float:
+    """A confidence level strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
+    return value
+
+
 def _dataset(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": args.dataset_name, **args.dataset}
 
@@ -115,6 +136,12 @@ def _cmd_config_resolve(args: argparse.Namespace) -> None:
     from rationality.resolve import format_runs, load_config_files, resolved_runs
 
     print(format_runs(resolved_runs(load_config_files(args.configs)), args.format), end="")
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from rationality.catalog import catalog, format_catalog
+
+    print(format_catalog(catalog(args.kind)))
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
@@ -265,7 +292,8 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
 
     def scoring_options(command: argparse.ArgumentParser, threshold: bool = True) -> None:
         if threshold:
-            command.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+            command.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+                                 help="RMA at or above which evidence is valid, in [0, 1]")
         command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
                              help="how samples with undefined RMA count")
 
@@ -280,7 +308,7 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
                            default=list(START_LAYER_POLICIES), help="start-layer policies")
     bootstrap.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES)
     bootstrap.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    bootstrap.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
+    bootstrap.add_argument("--confidence", type=_confidence, default=DEFAULT_CONFIDENCE)
     bootstrap.add_argument("--out", required=True, help="CSV to write")
     bootstrap.set_defaults(run=_cmd_bootstrap)
 
@@ -369,6 +397,7 @@ def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rationality.precision import PRECISIONS
     from rationality.report.tables import START_LAYER_POLICIES
     from rationality.scoring.metrics import DEFAULT_THRESHOLD, UNDEFINED_POLICIES
     from rationality.scoring.rma import NORMALIZATIONS
@@ -414,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     resolve.set_defaults(run=_cmd_config_resolve)
 
+    listing = commands.add_parser("list", help="what the registries hold: model families, methods, explainers, datasets")
+    listing.add_argument("kind", choices=["models", "methods", "explainers", "datasets"])
+    listing.set_defaults(run=_cmd_list)
+
     pretrain = commands.add_parser("pretrain", help="image-text pretraining of a small random model (demo)")
     pretrain.add_argument("--model", required=True, type=_spec("model", "--model"), help="model spec")
     pretrain.add_argument("--spec", required=True, type=_spec("pretrain", "--spec"),
@@ -442,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch-size", type=int, default=32)
     infer.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     infer.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
-    infer.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
+    infer.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="fp32; tf32 matrix products, or bf16/fp16 autocast (GPU; change heatmaps slightly)")
     infer.add_argument("--chunk-size", type=int,
                        help="samples per store chunk and resume step (default: the stores' chunk, 1024)")
@@ -474,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("table", "write the PT / IR table of scores stores as CSV")):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("scores", nargs="+", help="scores stores (.zarr)")
-        command.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+        command.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+                             help="RMA at or above which evidence is valid, in [0, 1]")
         command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
                              help="how samples with undefined RMA count")
         command.add_argument("--policies", nargs="+", choices=START_LAYER_POLICIES,

@@ -292,9 +292,10 @@ def test_image_of_another_size_than_its_entry(damaged: FixtureInfo) -> None:
 
 
 def test_options_and_files(damaged: FixtureInfo) -> None:
-    with pytest.raises(ConfigError, match="needs option annotations"):
+    with pytest.raises(ConfigError, match=re.escape(f"{damaged.root}: annotations: missing (required)")):
         create_dataset("coco", damaged.root)
-    with pytest.raises(ConfigError, match=r"option label must be one of \('single', 'largest'\), got 'first'"):
+    with pytest.raises(ConfigError, match=re.escape(f"{damaged.root}: label: 'first' is not allowed; allowed: "
+                                                    f"single, largest")):
         _reader(damaged, label="first")
     with pytest.raises(DataError, match=re.escape(f"{damaged.root / 'none.json'}: annotations file is missing")):
         _reader(damaged, annotations="none.json")

@@ -239,12 +239,15 @@ def test_sharded_save_pretrained_directory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("spec", "error"), [
     ({}, "set weights"),
-    ({"weights": "w.pt", "weights_of": "text_tower"}, "weights_of must be one of"),
-    ({"weights": "w.pt", "head_classes": ["a"]}, "describe a linear head"),
-    ({"head": "h.pt", "head_classes": [1, 2]}, "head_classes must be a list of class names or a text file"),
+    ({"weights": "w.pt", "weights_of": "text_tower"}, "weights_of: 'text_tower' is not allowed; allowed: model, "
+                                                       "image_tower"),
+    ({"weights": "w.pt", "head_classes": ["a"]}, "head_classes, head_prefix and normalize_features describe a linear "
+                                                 "head"),
+    ({"head": "h.pt", "head_classes": [1, 2]}, "head_classes: must be a list of class names or a text file, got [1, 2]"),
+    ({"head": "h.pt", "normalize_features": "yes"}, "normalize_features: must be true or false, got 'yes'"),
 ])
 def test_spec_errors(spec: dict, error: str) -> None:
-    with pytest.raises(ConfigError, match=error):
+    with pytest.raises(ConfigError, match="^" + re.escape(error)):
         create_method({"kind": "external", **spec})
 
 

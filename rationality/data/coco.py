@@ -45,21 +45,19 @@ from typing import Any
 import numpy as np
 
 from rationality.data._annotations import (
+    BOUNDS_TOLERANCE_OPTION,
+    DEFAULT_BOUNDS_TOLERANCE,
     ListedReader,
-    bounds_tolerance,
     box_mask,
     check_inside,
-    check_options,
     describe_ids,
-    float_option,
     image_size,
-    int_option,
     polygon_mask,
     rle_counts,
     rle_mask,
     root_path,
 )
-from rationality.data.base import Sample, missing_annotation_policy, register_dataset
+from rationality.data.base import MISSING_ANNOTATION_OPTION, PATH_OPTION, Sample, register_dataset
 from rationality.data.caltech101 import stratified_split
 from rationality.errors import ConfigError, DataError
 
@@ -67,8 +65,25 @@ SEEDED_SPLITS = ("train", "test")
 LABEL_RULES = ("single", "largest")
 SEVERAL_CLASSES = ("fail", "skip")
 MASK_SOURCES = ("segmentation", "boxes")
-_OPTIONS = ("annotations", "images", "split_files", "split_seed", "split_fraction", "label", "several_classes",
-            "masks", "missing_annotation", "bounds_tolerance")
+_PER_SPLIT: dict[str, Any] = {"type": "object", "minProperties": 1, "additionalProperties": PATH_OPTION}
+#: The reader's options (``CocoReader.option_schemas``).
+OPTIONS: dict[str, dict[str, Any]] = {
+    "annotations": {"anyOf": [PATH_OPTION, _PER_SPLIT],
+                    "description": "the instances JSON, or {split: JSON} (one file per split)"},
+    "images": {"anyOf": [PATH_OPTION, _PER_SPLIT],
+               "description": "where file_name is found: a folder, or {split: folder} (default root)"},
+    "split_files": {**_PER_SPLIT, "description": "{split: text file of file names} splitting a single JSON"},
+    "split_seed": {"type": "integer", "minimum": 0, "description": "seed of the stratified split (default 0)"},
+    "split_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+                       "description": "share of each class in the first split, train (default 0.8)"},
+    "label": {"enum": list(LABEL_RULES), "description": "an image's class: its single category, or its largest "
+                                                        "object's (default single)"},
+    "several_classes": {"enum": list(SEVERAL_CLASSES), "description": "with label: single, an image of several "
+                                                                      "categories fails or is skipped (default fail)"},
+    "masks": {"enum": list(MASK_SOURCES), "description": "segmentations (boxes where there is none), or boxes only"},
+    "missing_annotation": MISSING_ANNOTATION_OPTION,
+    "bounds_tolerance": BOUNDS_TOLERANCE_OPTION,
+}
 
 
 @dataclass(frozen=True)
@@ -104,18 +119,16 @@ class CocoReader(ListedReader):
     """
 
     title = "COCO-format dataset"
+    option_schemas = OPTIONS
+    required_options = ("annotations",)
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
-        check_options(self.root, options, _OPTIONS, "coco")
-        if "annotations" not in options:
-            raise ConfigError(f"{self.root}: the coco reader needs option annotations (the instances JSON, or one per "
-                              f"split)")
-        self.label_rule = _choice(options, "label", LABEL_RULES)
-        several = _choice(options, "several_classes", SEVERAL_CLASSES)
-        self.mask_source = _choice(options, "masks", MASK_SOURCES)
-        self.bounds_tolerance = bounds_tolerance(options)
-        policy = missing_annotation_policy(options)
+        self.label_rule = options.get("label", LABEL_RULES[0])
+        several = options.get("several_classes", SEVERAL_CLASSES[0])
+        self.mask_source = options.get("masks", MASK_SOURCES[0])
+        self.bounds_tolerance = float(options.get("bounds_tolerance", DEFAULT_BOUNDS_TOLERANCE))
+        policy = options.get("missing_annotation", "fail")
         files = self._per_split(options["annotations"], "annotations")
         images = self._per_split(options.get("images", "."), "images")
         if None not in files and {"split_files", "split_seed", "split_fraction"} & set(options):
@@ -144,8 +157,8 @@ class CocoReader(ListedReader):
         elif "split_files" in options:
             self._splits = self._from_split_files(listed[None], options["split_files"])
         else:
-            seed = int_option(options, "split_seed", 0, 0)
-            fraction = float_option(options, "split_fraction", 0.8, lambda v: 0.0 < v < 1.0, "in (0, 1)")
+            seed = options.get("split_seed", 0)
+            fraction = float(options.get("split_fraction", 0.8))
             by_id = {sample.id: sample for sample in listed[None]}
             ids_by_class = {name: [s.id for s in listed[None] if s.label == label]
                             for label, name in enumerate(self._class_names)}
@@ -171,8 +184,6 @@ class CocoReader(ListedReader):
     def _per_split(self, value: Any, option: str) -> dict[str | None, Path]:
         """A path option, or a {split: path} mapping, as {split or None: path under root}."""
         if isinstance(value, dict):
-            if not value:
-                raise ConfigError(f"{self.root}: option {option} must not be an empty mapping")
             return {str(split): root_path(self.root, path, f"{option}.{split}") for split, path in value.items()}
         return {None: root_path(self.root, value, option)}
 
@@ -239,8 +250,6 @@ class CocoReader(ListedReader):
 
     def _from_split_files(self, samples: list[Sample], option: Any) -> dict[str, list[Sample]]:
         """The splits of ``split_files`` (each line an image's ``file_name``)."""
-        if not isinstance(option, dict) or not option:
-            raise ConfigError(f"{self.root}: option split_files must map split names to text files, got {option!r}")
         by_name = {self._entries[sample.id].file_name: sample for sample in samples}
         split_of: dict[str, str] = {}
         splits: dict[str, list[Sample]] = {}
@@ -308,13 +317,6 @@ class CocoReader(ListedReader):
             return rle_mask(counts, entry.size)
         except ValueError as exc:
             raise DataError(f"{entry.source}: {where}: RLE counts are invalid ({exc})") from exc
-
-
-def _choice(options: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
-    value = options.get(name, allowed[0])
-    if value not in allowed:
-        raise ConfigError(f"option {name} must be one of {allowed}, got {value!r}")
-    return value
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -42,23 +42,32 @@ from typing import Any
 import numpy as np
 
 from rationality.data._annotations import (
+    BOUNDS_TOLERANCE_OPTION,
+    DEFAULT_BOUNDS_TOLERANCE,
+    MASK_THRESHOLD_OPTION,
     ListedReader,
-    bounds_tolerance,
     box_mask,
     check_inside,
-    check_options,
-    float_option,
     image_size,
     read_mask_image,
     root_path,
 )
-from rationality.data.base import Sample, missing_annotation_policy, register_dataset
-from rationality.errors import ConfigError, DataError
+from rationality.data.base import MISSING_ANNOTATION_OPTION, PATH_OPTION, Sample, register_dataset
+from rationality.errors import DataError
 
 #: Image file suffixes (any case), as torchvision's ``ImageFolder`` reads them.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 BOX_COLUMNS = ("image", "xmin", "ymin", "xmax", "ymax")
-_OPTIONS = ("splits", "masks_dir", "boxes", "mask_threshold", "missing_annotation", "bounds_tolerance")
+#: The reader's options (``FolderReader.option_schemas``).
+OPTIONS: dict[str, dict[str, Any]] = {
+    "splits": {"type": "array", "items": PATH_OPTION, "minItems": 1, "uniqueItems": True,
+               "description": "the split folders (default every folder of root but the masks folder)"},
+    "masks_dir": {**PATH_OPTION, "description": "the mask images' folder (default masks)"},
+    "boxes": {**PATH_OPTION, "description": "a CSV of boxes (image,xmin,ymin,xmax,ymax) instead of mask images"},
+    "mask_threshold": MASK_THRESHOLD_OPTION,
+    "missing_annotation": MISSING_ANNOTATION_OPTION,
+    "bounds_tolerance": BOUNDS_TOLERANCE_OPTION,
+}
 _LAYOUT_HINT = ("expected layout: root/<split>/<class>/<image> and masks/<split>/<class>/<image stem>.png "
                 "(option masks_dir), or a CSV of boxes (option boxes)")
 
@@ -83,13 +92,13 @@ class FolderReader(ListedReader):
     """
 
     title = "folder dataset"
+    option_schemas = OPTIONS
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
-        check_options(self.root, options, _OPTIONS, "folder")
-        self.mask_threshold = float_option(options, "mask_threshold", 0.5, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
-        self.bounds_tolerance = bounds_tolerance(options)
-        policy = missing_annotation_policy(options)
+        self.mask_threshold = float(options.get("mask_threshold", 0.5))
+        self.bounds_tolerance = float(options.get("bounds_tolerance", DEFAULT_BOUNDS_TOLERANCE))
+        policy = options.get("missing_annotation", "fail")
         self.masks_dir = root_path(self.root, options.get("masks_dir", "masks"), "masks_dir")
         self.boxes_file = root_path(self.root, options["boxes"], "boxes") if "boxes" in options else None
 
@@ -126,8 +135,6 @@ class FolderReader(ListedReader):
     def _split_names(self, option: Any) -> list[str]:
         """The split folders: the option's, else every folder of the root but the masks folder and hidden ones."""
         if option is not None:
-            if not isinstance(option, list) or not option or not all(isinstance(name, str) and name for name in option):
-                raise ConfigError(f"{self.root}: option splits must be a list of folder names, got {option!r}")
             missing = [name for name in option if not (self.root / name).is_dir()]
             if missing:
                 raise DataError(f"{self.root / missing[0]}: split folder does not exist ({_LAYOUT_HINT})")

@@ -46,7 +46,9 @@ _HEAD_KEYS = ("weight", "bias")
 @register_method("external")
 @dataclasses.dataclass
 class ExternalCheckpoint(AdaptationMethod):
-    """Fine-tuned weights made elsewhere (see the module docstring); nothing is trained.
+    """A model fine-tuned elsewhere, loaded from its files and evaluated as it is; nothing is trained.
+
+    See the module docstring for the two forms.
 
     Attributes:
         weights: a weights file or ``save_pretrained`` directory; None keeps the base model's weights.
@@ -73,25 +75,25 @@ class ExternalCheckpoint(AdaptationMethod):
 
     def __post_init__(self) -> None:
         if self.weights is None and self.head is None:
-            raise ConfigError("external: set weights (a fine-tuned model or image tower), head (a linear head), or both")
+            raise ConfigError("set weights (a fine-tuned model or image tower), head (a linear head), or both")
         if self.weights_of not in WEIGHTS_SCOPES:
-            raise ConfigError(f"external: weights_of must be one of {WEIGHTS_SCOPES}, got {self.weights_of!r}")
+            raise ConfigError(f"{self.weights_of!r} is not allowed; allowed: {', '.join(WEIGHTS_SCOPES)}", "weights_of")
         if self.head is None and (self.head_classes is not None or self.head_prefix or self.normalize_features):
-            raise ConfigError("external: head_classes, head_prefix and normalize_features describe a linear head; "
-                              "set head, or leave them out")
+            raise ConfigError("head_classes, head_prefix and normalize_features describe a linear head; set head, "
+                              "or leave them out")
         names = self.head_classes
         if names is not None and not isinstance(names, str) and not (
                 isinstance(names, list) and all(isinstance(name, str) for name in names)):
-            raise ConfigError(f"external: head_classes must be a list of class names or a text file, got {names!r}")
+            raise ConfigError(f"must be a list of class names or a text file, got {names!r}", "head_classes")
 
     @property
     def paper_start_layer(self) -> str:  # type: ignore[override]
-        """As the paper's code for the same head: all blocks for a linear head, the last for a prompt head."""
+        """first with a linear head, last with a prompt head (as the paper's code for each head)."""
         return "last" if self.head is None else "first"
 
     @property
     def trains_image_tower(self) -> bool:  # type: ignore[override]
-        """The checkpoint keeps the image tower when the files replace it."""
+        """yes when weights replace the image tower (the checkpoint then keeps it), else no."""
         return self.weights is not None
 
     def input_files(self) -> list[str]:
