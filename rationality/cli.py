@@ -386,7 +386,7 @@ def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     run = evaluate.add_argument_group("the run")
     run.add_argument("--out", required=True, help="the run's directory: config.yaml and results/")
     run.add_argument("--explainers", nargs="+", help="default: generic_attention attention_gradient")
-    run.add_argument("--threshold", type=float, help="RMA at or above which evidence is valid (default 0.5)")
+    run.add_argument("--threshold", type=_threshold, help="RMA at or above which evidence is valid (default 0.5)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     run.add_argument("--batch-size", type=_positive_int, help="images per pass of the GPU stage (default 32)")
     run.add_argument("--num-workers", type=int, help="image-loading processes (default 0)")

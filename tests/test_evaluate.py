@@ -103,6 +103,10 @@ def test_cli_errors_are_one_line(folder: FixtureInfo, tmp_path: Path, capsys: py
         main(["evaluate", "--model", TINY, "--pretrained", "none", "--data", str(folder.root), "--out", "x",
               "--data-option", "missing_equals"])
     assert "expected KEY=VALUE, got 'missing_equals'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", TINY, "--pretrained", "none", "--data", str(folder.root), "--out", "x",
+              "--threshold", "nan"])
+    assert "argument --threshold: must be a finite number in [0, 1], got 'nan'" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- the whole run (slow)
