@@ -19,6 +19,12 @@ def _summary(obj: object) -> str:
     return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
 
 
+def _per_spec(attribute: object) -> str:
+    """A method's attribute that depends on its hyper-parameters (a property, e.g. ``external``'s start
+    layer) as its docstring's first line; empty for a fixed one."""
+    return _summary(attribute) if isinstance(attribute, property) else ""
+
+
 def runnable_methods(capabilities: frozenset[str]) -> str:
     """``all`` or ``all but <kinds>``: the registered methods whose requirements ``capabilities`` meet."""
     from rationality.methods.base import list_methods, method_class
@@ -42,8 +48,9 @@ def catalog(kind: str) -> list[dict[str, str]]:
     if kind == "methods":
         from rationality.methods.base import list_methods, method_class
 
-        return [{"kind": name, "paper start layer": cls.paper_start_layer,
-                 "trains the image tower": "yes" if cls.trains_image_tower else "no",
+        return [{"kind": name, "paper start layer": _per_spec(cls.paper_start_layer) or cls.paper_start_layer,
+                 "trains the image tower": _per_spec(cls.trains_image_tower) or ("yes" if cls.trains_image_tower
+                                                                                  else "no"),
                  "needs": ", ".join(sorted(cls.requires)) or "-", "about": _summary(cls)}
                 for name in list_methods() for cls in [method_class(name)]]
     if kind == "explainers":

@@ -57,6 +57,17 @@ def _json(option: str):
     return parse
 
 
+def _assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with the value read as YAML (``5``, ``true``, ``[a, b]``, text)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"the value of {key} is not valid YAML: {exc}") from exc
+
+
 def _grids(text: str) -> list[dict[str, list[str]]]:
     grids = _json("--grids")(text)
     grids = [grids] if isinstance(grids, dict) else grids
@@ -161,6 +172,27 @@ def _cmd_infer(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rationality.evaluate import Evaluation, run_evaluation
+
+    method = {"weights": args.checkpoint, "weights_of": args.checkpoint_of, "key_prefix": args.key_prefix,
+              "head": args.head, "head_prefix": args.head_prefix, "head_classes": args.head_classes,
+              "normalize_features": args.normalize_features, "prompt_template": args.prompt_template}
+    defaults = {"weights": None, "weights_of": "model", "key_prefix": "", "head": None, "head_prefix": "",
+                "head_classes": None, "normalize_features": False, "prompt_template": None}
+    infer = {"device": args.device, "batch_size": args.batch_size, "num_workers": args.num_workers}
+    settings = {"threshold": args.threshold, "explainers": args.explainers,
+                "infer": {key: value for key, value in infer.items() if value is not None},
+                "train": {"device": args.device}}
+    evaluation = Evaluation(
+        model=args.model, adapter=args.adapter, pretrained=None if args.pretrained == "none" else args.pretrained,
+        data=Path(args.data), reader=args.reader, split=args.split, out=Path(args.out),
+        method={key: value for key, value in method.items() if value != defaults[key]}, name=args.name,
+        model_options=dict(args.model_option), reader_options=dict(args.data_option),
+        settings={key: value for key, value in settings.items() if value is not None})
+    return run_evaluation(evaluation, args.cores, dry_run=args.dry_run)
+
+
 def _cmd_project_masks(args: argparse.Namespace) -> None:
     from rationality.scoring.project import parse_grid, project_mask_store
 
@@ -183,10 +215,9 @@ def _table(args: argparse.Namespace):
 
 
 def _cmd_rescore(args: argparse.Namespace) -> None:
-    table = _table(args)
-    shown = ["model", "dataset", "method", "explainer", "start_layer_policy", "start_layer",
-             "accuracy", "pt", "ir", "rr", "rw", "wr", "ww", "n", "n_undefined"]
-    print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    from rationality.report.tables import format_table
+
+    print(format_table(_table(args)))
 
 
 def _cmd_table(args: argparse.Namespace) -> None:
@@ -245,7 +276,7 @@ def _cmd_figure(args: argparse.Namespace) -> None:
 def _cmd_show(args: argparse.Namespace) -> None:
     from rationality.report.gallery import write_show
 
-    out = args.out or f"show-{args.sample_id}.png"
+    out = args.out or f"show-{args.sample_id.replace('/', '_')}.png"
     write_show(args.sample_id, args.cache, args.masks, out, explainers=args.explainers, policies=args.policies,
                normalization=args.normalization)
     print(f"wrote {out}")
@@ -315,8 +346,54 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
     show.add_argument("--policies", nargs="+", choices=START_LAYER_POLICIES, default=list(START_LAYER_POLICIES),
                       help="rows' start-layer policies")
     show.add_argument("--normalization", choices=NORMALIZATIONS, default="minmax", help="for the RMA captions")
-    show.add_argument("--out", help="PNG to write (default: show-<sample id>.png)")
+    show.add_argument("--out", help="PNG to write (default: show-<sample id>.png, a / in the id as _)")
     show.set_defaults(run=_cmd_show)
+
+
+def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
+    """The ``evaluate`` subcommand: a model fine-tuned elsewhere on one dataset, through the workflow."""
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a model fine-tuned elsewhere on a dataset next to zero-shot of its base model: "
+                         "writes <out>/config.yaml, runs the workflow's stages in <out>, prints PT / IR")
+    model = evaluate.add_argument_group("the base model (architecture and everything the checkpoint leaves as it is)")
+    model.add_argument("--model", required=True, help="its architecture, e.g. ViT-B-16-quickgelu")
+    model.add_argument("--adapter", default="open_clip", help="its model adapter (default open_clip)")
+    model.add_argument("--pretrained", required=True,
+                       help="its weights: a pretrained tag (openai), a file, or none (a seeded random model)")
+    model.add_argument("--model-option", action="append", type=_assignment, default=[], metavar="KEY=VALUE",
+                       help="an adapter option (the value is read as YAML); repeat for several")
+    weights = evaluate.add_argument_group("the fine-tuned model (kind: external)")
+    weights.add_argument("--checkpoint", help="fine-tuned weights: the whole model's state dict (.pt, .safetensors, "
+                                              "a save_pretrained directory)")
+    weights.add_argument("--checkpoint-of", default="model",
+                         help="what --checkpoint holds: model (default; both towers) or image_tower (that alone)")
+    weights.add_argument("--key-prefix", default="", help="read only the keys starting with it, without it "
+                                                          "(e.g. module.)")
+    weights.add_argument("--head", help="a linear head: a file with weight [C, D] and bias [C] on the image embedding "
+                                        "(default: a prompt head of the model's text tower)")
+    weights.add_argument("--head-prefix", default="", help="the head's keys start with it (e.g. fc.)")
+    weights.add_argument("--head-classes", help="a text file naming the class of each head row, in order (default: "
+                                                "the dataset's classes in its order)")
+    weights.add_argument("--normalize-features", action="store_true", help="the head takes L2-normalised embeddings")
+    weights.add_argument("--prompt-template", help='prompts of the class names (default "a photo of a {}.")')
+    weights.add_argument("--name", help="the fine-tuned model's name in tables (default: its file's stem)")
+    data = evaluate.add_argument_group("the dataset")
+    data.add_argument("--data", required=True, help="its root directory")
+    data.add_argument("--reader", default="folder", help="its reader (default folder; coco, cub, ...)")
+    data.add_argument("--data-option", action="append", type=_assignment, default=[], metavar="KEY=VALUE",
+                      help="a reader option (the value is read as YAML), e.g. annotations=instances.json")
+    data.add_argument("--split", default="test", help="the split to evaluate (default test)")
+    run = evaluate.add_argument_group("the run")
+    run.add_argument("--out", required=True, help="the run's directory: config.yaml and results/")
+    run.add_argument("--explainers", nargs="+", help="default: generic_attention attention_gradient")
+    run.add_argument("--threshold", type=_threshold, help="RMA at or above which evidence is valid (default 0.5)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    run.add_argument("--batch-size", type=_positive_int, help="images per pass of the GPU stage (default 32)")
+    run.add_argument("--num-workers", type=int, help="image-loading processes (default 0)")
+    run.add_argument("--cores", type=_positive_int, default=os.cpu_count() or 1,
+                     help="Snakemake's --cores (default: every CPU)")
+    run.add_argument("--dry-run", action="store_true", help="write the config and list the jobs; run nothing")
+    evaluate.set_defaults(run=_cmd_evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--method-name", help="the method's name in the config (store attribute)")
     infer.add_argument("--out", required=True, help="cache store (.zarr) to write")
     infer.set_defaults(run=_cmd_infer)
+
+    _add_evaluate_command(commands)
 
     project = commands.add_parser("project-masks", help="project a mask store onto a token grid for fast scoring")
     project.add_argument("--masks", required=True, help="mask store (.zarr)")

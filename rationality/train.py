@@ -36,7 +36,7 @@ def train_checkpoint(model: dict[str, Any], dataset: dict[str, Any], method: dic
         model: model spec (see :class:`~rationality.models.base.ModelSpec`).
         dataset: dataset spec ``{name, reader, root, options}``.
         method: method spec ``{kind, <hyper-parameters>}``.
-        split: the training split's name.
+        split: the training split's name (not read by methods that train nothing: zero-shot, external).
         seed: seeds head initialisation, data order and everything random in training.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; under torchrun, each process's own GPU.
         num_workers: image-loading processes.
@@ -51,8 +51,9 @@ def train_checkpoint(model: dict[str, Any], dataset: dict[str, Any], method: dic
     torch_device = init_distributed(device)
     adapter = create_adapter(model_spec).to(torch_device)
     base_sha256 = state_sha256(adapter.image_tower())
-    samples = adaptation.training_samples(reader.samples(split), reader.class_names, seed,
-                                          f"{dataset['root']} (dataset {dataset['name']}, split {split})")
+    samples = (adaptation.training_samples(reader.samples(split), reader.class_names, seed,
+                                           f"{dataset['root']} (dataset {dataset['name']}, split {split})")
+               if adaptation.uses_training_split else [])
     train = ImageDataset(reader, samples, adapter.geometry, *adapter.normalization)
     fingerprint = hashlib.sha256(json.dumps(
         {"model": model_spec.to_dict(), "dataset": dataset, "method": adaptation.to_dict(), "split": split,

@@ -221,12 +221,12 @@ def _faulty(path: str, value: object) -> dict:
     ("methods.lp.lr", "fast", "methods.lp.lr: must be a number, got 'fast'"),
     ("methods.lp.lr", float("nan"), "methods.lp.lr: must be a finite number, got nan"),
     ("methods.lp.precision", "fp8", "methods.lp.precision: unknown precision 'fp8'; allowed: fp32, tf32, bf16, fp16"),
-    ("methods.lp.kind", "fine_tune", "methods.lp.kind: unknown adaptation method 'fine_tune'; known: coop, finetune, "
-                                     "flcp, linear_probe, tip_adapter_f, zero_shot"),
+    ("methods.lp.kind", "fine_tune", "methods.lp.kind: unknown adaptation method 'fine_tune'; known: coop, external, "
+                                     "finetune, flcp, linear_probe, tip_adapter_f, zero_shot"),
     ("models.b16.adapter", "openclip", "models.b16.adapter: unknown model adapter 'openclip'; known: albef, blip, "
                                        "open_clip, transformers"),
-    ("datasets.cub.reader", "cub200", "datasets.cub.reader: unknown dataset reader 'cub200'; known: caltech101, "
-                                      "corrupted, cub, imagenet, imagenet_c, stanford_dogs, synthetic"),
+    ("datasets.cub.reader", "cub200", "datasets.cub.reader: unknown dataset reader 'cub200'; known: caltech101, coco, "
+                                      "corrupted, cub, folder, imagenet, imagenet_c, stanford_dogs, synthetic"),
     ("datasets.cub.options", {"mask_treshold": 0.5}, "datasets.cub.options.mask_treshold: unknown key; allowed: "
                                                      "expect_classes, mask_threshold, missing_annotation, "
                                                      "segmentations_dir"),

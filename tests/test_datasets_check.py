@@ -118,6 +118,10 @@ def test_configured_splits_must_exist(tmp_path: Path, imagenet_root: Path, capsy
     path = tmp_path / "config.yaml"
     config = yaml.safe_load(_config(path, {"imnet": _imagenet(imagenet_root)}) and path.read_text())
     assert main(["datasets", "check", str(path)]) == 0  # zero-shot only: no training split needed
+    config["methods"]["mine"] = {"kind": "external", "weights": "made-elsewhere.pt"}
+    config["runs"]["methods"] = ["zs", "mine"]
+    path.write_text(yaml.safe_dump(config))
+    assert main(["datasets", "check", str(path)]) == 0  # nor for a model fine-tuned elsewhere
     config["methods"]["lp"] = {"kind": "linear_probe"}
     config["runs"]["methods"] = ["zs", "lp"]
     path.write_text(yaml.safe_dump(config))

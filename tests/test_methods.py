@@ -27,6 +27,7 @@ from rationality.data.synthetic import generate_synthetic_dataset
 from rationality.errors import ConfigError
 from rationality.methods import _training, create_method, list_methods
 from rationality.methods._training import TRAIN_STATE_FILE
+from rationality.models import create_adapter
 from rationality.models.checkpoint import load_checkpoint
 from rationality.pretrain import pretrain_image_text
 from rationality.train import TRAIN_LOG_FILE, train_checkpoint
@@ -40,6 +41,8 @@ METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "tip_adapter_f": {"epochs": 3, "batch_size": 8},
     "coop": {"epochs": 3, "batch_size": 8},
     "flcp": {"epochs": 3, "lr": 1e-4, "batch_size": 16},
+    # Trains nothing: the whole state dict of the run's base model, which run_spec writes there.
+    "external": {"weights": "base-model.pt"},
 }
 #: 4 classes.
 CHANCE = 0.25
@@ -64,6 +67,16 @@ def method_spec(kind: str, **changes: Any) -> dict[str, Any]:
     except (ConfigError, TypeError) as exc:
         pytest.fail(f"method {kind!r} does not accept its test spec {spec}: {exc}. Add the options it needs to its "
                     f"entry in METHOD_OVERRIDES in {Path(__file__).name}")
+    return spec
+
+
+def run_spec(kind: str, model: dict[str, Any], work: Path, **changes: Any) -> dict[str, Any]:
+    """The test spec of a method for a run on ``model``: for ``external``, with its weights file written
+    into ``work`` from ``model`` itself (so that it classifies as zero-shot does)."""
+    spec = method_spec(kind, **changes)
+    if kind == "external":
+        spec["weights"] = str(work / spec["weights"])
+        torch.save(create_adapter(model).whole_model().state_dict(), spec["weights"])
     return spec
 
 
@@ -102,7 +115,7 @@ def assert_loss_falls(run_dir: Path, epochs: int) -> list[float]:
 @pytest.mark.parametrize("kind", list_methods())
 def test_method_trains(kind: str, tmp_path: Path, tiny_model_spec: dict, synthetic_spec: dict) -> None:
     """On the demo data each method trains the random-init tiny model: the loss falls, the checkpoint loads."""
-    spec = method_spec(kind)
+    spec = run_spec(kind, tiny_model_spec, tmp_path)
     checkpoint = train_checkpoint(dict(tiny_model_spec), dict(synthetic_spec), spec, "train", tmp_path, device="cpu")
     assert_loss_falls(tmp_path, spec.get("epochs", 0))
     assert not (tmp_path / TRAIN_STATE_FILE).exists()
@@ -123,10 +136,10 @@ def test_images_are_decoded_by_the_configured_workers(kind: str, tmp_path: Path,
         loaders.append((type(dataset).__name__, self.num_workers))
 
     monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", recording_init)
-    spec = method_spec(kind, **({"epochs": 1} if "epochs" in METHOD_OVERRIDES[kind] else {}))
+    spec = run_spec(kind, tiny_model_spec, tmp_path, **({"epochs": 1} if "epochs" in METHOD_OVERRIDES[kind] else {}))
     train_checkpoint(dict(tiny_model_spec), dict(synthetic_spec), spec, "train", tmp_path, device="cpu", num_workers=2)
     image_loaders = [workers for dataset, workers in loaders if dataset == "ImageDataset"]
-    assert image_loaders or kind == "zero_shot"
+    assert image_loaders or kind in ("zero_shot", "external")
     assert set(image_loaders) <= {2}
     assert {workers for dataset, workers in loaders if dataset == "TensorDataset"} <= {0}
 
@@ -148,7 +161,7 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory, tiny_model_spec: dict) 
 def test_method_beats_chance(kind: str, tmp_path: Path, pretrained: tuple[dict, dict]) -> None:
     """On the demo data each method trains a tiny model: training loss falls and test accuracy beats chance."""
     model, dataset = pretrained
-    spec = method_spec(kind)
+    spec = run_spec(kind, model, tmp_path)
     checkpoint = train_checkpoint(dict(model), dict(dataset), spec, "train", tmp_path, device="cpu")
     curve = assert_loss_falls(tmp_path, spec.get("epochs", 0))
     logits, labels = split_logits(checkpoint, dataset)

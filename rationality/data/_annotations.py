@@ -1,6 +1,6 @@
 """Machinery shared by the readers of real datasets: a base for readers that list their splits up
-front, options, class names, image sizes, and the rasterisation of polygon and box annotations into
-masks.
+front, options, class names, image sizes, mask images, and the rasterisation of polygon, box and
+run-length (COCO RLE) annotations into masks.
 
 Pixel convention (MATLAB's and Pascal VOC's): coordinates are 1-based and pixel (column i, row j)
 is centred on the point (x=i, y=j), so a W x H image spans [0.5, W + 0.5] x [0.5, H + 0.5]. A region's
@@ -20,7 +20,7 @@ import scipy.io
 from PIL import Image
 
 from rationality.data.base import DatasetReader, Sample
-from rationality.errors import DataError
+from rationality.errors import ConfigError, DataError
 
 #: Default of the ``bounds_tolerance`` option: how far (in pixels) an annotation may reach beyond the
 #: image's outer pixel edges before it is an error. Annotation tools often put a vertex on the first
@@ -97,6 +97,17 @@ def path_option(options: dict[str, Any], name: str) -> Path | None:
     return Path(value)
 
 
+def root_path(root: Path, value: Any, option: str) -> Path:
+    """The path option ``option`` (``value``) of a reader whose relative paths are relative to ``root``.
+
+    Raises:
+        ConfigError: naming the root and the option, for a value that is not a path.
+    """
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ConfigError(f"{root}: option {option} must be a path, got {value!r}")
+    return root / value
+
+
 def check_class_count(found: int, expected: int | None, where: Path, layout: str) -> None:
     """Raise DataError if ``found`` classes differ from the ``expect_classes`` option (None: no check)."""
     if expected is not None and found != expected:
@@ -131,6 +142,42 @@ def image_size(path: Path) -> Size:
             return image.size
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: image file is corrupt or not an image ({exc})") from exc
+
+
+#: Image modes a mask file may have; each is read as 8-bit grey (mode ``1``: 0 or 255).
+MASK_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
+
+
+def read_mask_image(path: Path, image_path: Path, threshold: float, what: str, hint: str) -> np.ndarray:
+    """A mask image as bool [H, W]: True where its grey value / 255 >= ``threshold``.
+
+    Args:
+        path: the mask file (binary, or soft 0..255).
+        image_path: its image, whose size the mask must have.
+        threshold: in (0, 1].
+        what: what the file is, for messages (``segmentation``, ``mask``).
+        hint: the expected layout, for the message on a missing file.
+
+    Raises:
+        DataError: naming the file if it is missing, corrupt, not an 8-bit image or of another size.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file is missing ({hint})")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in MASK_MODES:
+                raise DataError(f"{path}: {what} must be an 8-bit image, got mode {image.mode!r}")
+            pixels = np.asarray(image.convert("L"))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: {what} file is corrupt or not an image ({exc})") from exc
+    width, height = image_size(image_path)
+    if pixels.shape != (height, width):
+        raise DataError(
+            f"{path}: {what} is {pixels.shape[1]}x{pixels.shape[0]} but its image "
+            f"{image_path} is {width}x{height} (width x height)"
+        )
+    return pixels / 255.0 >= threshold
 
 
 def load_mat(path: Path, what: str) -> dict[str, Any]:
@@ -204,6 +251,57 @@ def polygon_mask(xs: np.ndarray, ys: np.ndarray, size: Size) -> np.ndarray:
     toggles = np.zeros((height, width + 1), dtype=np.int32)
     np.add.at(toggles, (row_index, first), 1)
     return (np.cumsum(toggles[:, :width], axis=1) % 2).astype(bool)
+
+
+def rle_counts(text: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``).
+
+    Each count is written in 5-bit groups, least significant first, one character (code 48 + group,
+    plus 32 when another group follows) per group, the last group's bit 16 extending the sign; from
+    the fourth count on, each is stored as its difference to the count two before.
+
+    Raises:
+        ValueError: for a character outside the encoding or a string that ends inside a count.
+    """
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(text):
+                raise ValueError("the string ends inside a count")
+            code = ord(text[position]) - 48
+            if not 0 <= code < 64:
+                raise ValueError(f"character {text[position]!r} is not in the encoding")
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position, shift = position + 1, shift + 5
+            if not more and code & 0x10:
+                value -= 1 << shift  # sign extension
+        counts.append(value + counts[-2] if len(counts) > 2 else value)
+    return counts
+
+
+def rle_mask(counts: list[int], size: Size) -> np.ndarray:
+    """Decode COCO run lengths: alternating runs of 0 and 1 (0 first) in column-major order.
+
+    Args:
+        counts: non-negative run lengths summing to width * height.
+        size: (width, height) of the image.
+
+    Returns:
+        bool [height, width].
+
+    Raises:
+        ValueError: for negative counts or counts that do not cover the image exactly.
+    """
+    width, height = size
+    runs = np.asarray(counts, dtype=np.int64)
+    if (runs < 0).any() or runs.sum() != width * height:
+        raise ValueError(f"run lengths must be >= 0 and sum to {width} x {height} = {width * height} pixels, "
+                         f"got {len(runs)} runs summing to {int(runs.sum())}")
+    values = np.arange(len(runs)) % 2 == 1
+    return np.repeat(values, runs).reshape(width, height).T
 
 
 def box_mask(boxes: np.ndarray, size: Size) -> np.ndarray:

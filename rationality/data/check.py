@@ -62,11 +62,12 @@ def check_datasets(config: dict[str, Any], images: bool = False) -> list[Dataset
         images: also decode every image (slow; catches truncated files).
     """
     from rationality.config import method_spec_for, run_triples
+    from rationality.methods import method_class
 
     shots_needed: dict[str, int] = {}  # dataset -> the most images per class a run trains on (0: any)
     for model, dataset, method in run_triples(config):
         spec = method_spec_for(config, model, dataset, method)
-        if spec["kind"] != "zero_shot":
+        if method_class(spec["kind"]).uses_training_split:
             shots_needed[dataset] = max(shots_needed.get(dataset, 0), spec.get("shots") or 0)
     return [check_dataset(name, spec, images, needs_train_split=name in shots_needed,
                           shots=shots_needed.get(name, 0))

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from rationality.data._annotations import (
     EXPECT_CLASSES_OPTION,
@@ -38,8 +37,8 @@ from rationality.data._annotations import (
     ListedReader,
     check_class_count,
     describe_ids,
-    image_size,
     path_option,
+    read_mask_image,
     readable_name,
 )
 from rationality.data.base import MISSING_ANNOTATION_OPTION, PATH_OPTION, Sample, register_dataset
@@ -53,7 +52,6 @@ _LAYOUT_HINT = (
 )
 _SPLIT_FLAGS = {"1": "train", "0": "test"}
 _CLASS_PREFIX = re.compile(r"^\d+\.")
-_MASK_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
 
 
 @register_dataset("cub")
@@ -105,24 +103,8 @@ class CUBReader(ListedReader):
 
     def load_mask(self, sample: Sample) -> np.ndarray:
         """The bird's mask: bool [H, W], True where segmentation value / 255 >= mask_threshold."""
-        path = self._segmentation_path(sample)
-        if not path.is_file():
-            raise DataError(f"{path}: segmentation file is missing ({_LAYOUT_HINT})")
-        try:
-            with Image.open(path) as image:
-                image.load()
-                if image.mode not in _MASK_MODES:
-                    raise DataError(f"{path}: segmentation must be an 8-bit image, got mode {image.mode!r}")
-                pixels = np.asarray(image.convert("L"))
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"{path}: segmentation file is corrupt or not an image ({exc})") from exc
-        width, height = image_size(sample.image_path)
-        if pixels.shape != (height, width):
-            raise DataError(
-                f"{path}: segmentation is {pixels.shape[1]}x{pixels.shape[0]} but its image "
-                f"{sample.image_path} is {width}x{height} (width x height)"
-            )
-        return pixels / 255.0 >= self.mask_threshold
+        return read_mask_image(self._segmentation_path(sample), sample.image_path, self.mask_threshold,
+                               "segmentation", _LAYOUT_HINT)
 
     def _find_segmentations(self, option: Path | None) -> Path:
         """The segmentations directory: the option, else ``root/segmentations``, else ``root/../segmentations``."""

@@ -55,7 +55,7 @@ from PIL import Image
 
 from rationality.data._annotations import (
     BOUNDS_TOLERANCE_OPTION, DEFAULT_BOUNDS_TOLERANCE, EXPECT_CLASSES_OPTION, box_mask, check_class_count,
-    check_inside, describe_ids, image_size,
+    check_inside, describe_ids, image_size, root_path,
 )
 from rationality.data.base import (
     MISSING_ANNOTATION_OPTION, PATH_OPTION, DatasetReader, Sample, read_rgb_image, register_dataset,
@@ -180,9 +180,7 @@ class ImageNetReader(DatasetReader):
         return mask if self.pre_crop is None else self.pre_crop.apply_mask(mask)
 
     def _path(self, value: Any, option: str) -> Path:
-        if not isinstance(value, (str, Path)) or not str(value):
-            raise ConfigError(f"{self.root}: option {option} must be a path, got {value!r}")
-        return self.root / value
+        return root_path(self.root, value, option)
 
     def _annotation_source(self, value: Any) -> Path:
         """The boxes option, or the default XML folder, or the default CSV."""

@@ -314,25 +314,8 @@ class SyntheticReader(ListedReader):
 
     def load_mask(self, sample: Sample) -> np.ndarray:
         """The object mask of ``sample``: bool [H, W], True where pixel value / 255 >= mask_threshold."""
-        path = self.root / "masks" / f"{sample.id}.png"
-        if not path.is_file():
-            raise DataError(f"{path}: mask file is missing ({_LAYOUT_HINT})")
-        try:
-            with Image.open(path) as image:
-                image.load()
-                mode, pixels = image.mode, np.asarray(image)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"{path}: mask file is corrupt or not an image ({exc})") from exc
-        if mode != "L":
-            raise DataError(f"{path}: mask must be 8-bit grayscale (mode 'L'), got mode {mode!r}")
-        mask_size = (pixels.shape[1], pixels.shape[0])
-        picture_size = _annotations.image_size(sample.image_path)
-        if mask_size != picture_size:
-            raise DataError(
-                f"{path}: mask is {mask_size[0]}x{mask_size[1]} but its image {sample.image_path} "
-                f"is {picture_size[0]}x{picture_size[1]} (width x height)"
-            )
-        return pixels / 255.0 >= self.mask_threshold
+        return _annotations.read_mask_image(self.root / "masks" / f"{sample.id}.png", sample.image_path,
+                                            self.mask_threshold, "mask", _LAYOUT_HINT)
 
     def _read_index(self, path: Path) -> dict[str, list[Sample]]:
         """Parse samples.csv into split -> samples in file order."""

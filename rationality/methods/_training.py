@@ -181,6 +181,12 @@ def plan_steps(batch_size: int, processes: int, max_batch_per_step: int | None, 
     return StepPlan(batch_size, processes, micro_steps, unit * -(-units // micro_steps))
 
 
+def write_untrained_log(run_dir: Path) -> None:
+    """The training log of a method that trains nothing: its header, no epochs."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_log(run_dir / TRAIN_LOG_FILE, [])
+
+
 def init_distributed(device: str) -> torch.device:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1; the device this process trains on.
 

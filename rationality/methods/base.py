@@ -35,6 +35,8 @@ class AdaptationMethod(abc.ABC):
     kind: ClassVar[str]
     paper_start_layer: ClassVar[Literal["first", "last"]]
     trains_image_tower: ClassVar[bool] = False
+    #: Whether :meth:`fit` reads the training split (False: the dataset needs none).
+    uses_training_split: ClassVar[bool] = True
     requires: ClassVar[frozenset[str]] = frozenset()
 
     prompt_template: str = "a photo of a {}."
@@ -52,6 +54,10 @@ class AdaptationMethod(abc.ABC):
                          where: str) -> list[Sample]:
         """The samples of the training split this method trains on (all of them)."""
         return list(samples)
+
+    def input_files(self) -> list[str]:
+        """Files the method reads besides the model and the dataset (the workflow's inputs of its run)."""
+        return []
 
     def prompts(self, class_names: Sequence[str]) -> list[str]:
         """One text prompt per class from ``prompt_template``."""

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Sequence
 
 from rationality.data.loader import ImageDataset
-from rationality.methods._training import TRAIN_LOG_FILE, Run
+from rationality.methods._training import Run, write_untrained_log
 from rationality.methods.base import AdaptationMethod, register_method
 from rationality.models.base import VisionLanguageAdapter
 from rationality.models.heads import ImageClassifier, PromptHead
@@ -18,9 +18,9 @@ class ZeroShot(AdaptationMethod):
     """logits = logit_scale * cos(image, prompt_c); heatmaps explain that similarity logit."""
 
     paper_start_layer = "last"
+    uses_training_split = False
 
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
             run: Run) -> ImageClassifier:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / TRAIN_LOG_FILE).write_text("epoch,loss,accuracy\n")
+        write_untrained_log(run.run_dir)
         return ImageClassifier(adapter, PromptHead.from_prompts(adapter, self.prompts(class_names)))

@@ -180,6 +180,22 @@ class VisionLanguageAdapter(nn.Module, abc.ABC):
     def image_tower(self) -> nn.Module:
         """The module whose parameters full fine-tuning updates and checkpoints store."""
 
+    def whole_model(self) -> nn.Module:
+        """The module whose state dict is the whole model as the family's own code saves it
+        (``model.state_dict()``): fine-tuned weights made elsewhere load into it.
+
+        Adapters that wrap one library model as ``self.model`` (open_clip's ``CLIP``, a transformers
+        model) need not override this.
+
+        Raises:
+            ConfigError: for a family without such a module (its image tower can still be loaded).
+        """
+        model = getattr(self, "model", None)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"{self.spec.adapter} models load no whole-model state dict made elsewhere; load the "
+                              f"image tower's weights instead (weights_of: image_tower)")
+        return model
+
     @abc.abstractmethod
     @contextlib.contextmanager
     def recording_attention(self) -> Iterator[AttentionRecording]:

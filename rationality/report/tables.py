@@ -135,3 +135,13 @@ def rationality_table(score_paths: Sequence[str | Path], threshold: float = DEFA
                     "normalization": scoring_normalization(scores),
                 })
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+#: The columns a PT / IR table shows on a terminal (``rationality rescore``, ``evaluate``), in order.
+SHOWN_COLUMNS = ["model", "dataset", "method", "explainer", "start_layer_policy", "start_layer",
+                 "accuracy", "pt", "ir", "rr", "rw", "wr", "ww", "n", "n_undefined"]
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """A PT / IR table (:data:`TABLE_COLUMNS`) as aligned text: :data:`SHOWN_COLUMNS`, 4 decimals."""
+    return table[SHOWN_COLUMNS].to_string(index=False, float_format=lambda v: f"{v:.4f}")

@@ -123,6 +123,14 @@ def method_spec(wildcards):
     return as_json(method_spec_for(config, wildcards.model, wildcards.dataset, wildcards.method))
 
 
+def method_inputs(wildcards):
+    """Files the run's method reads besides the model and the dataset (an external model's weights), so
+    that a changed file re-runs it."""
+    from rationality.methods import create_method  # imports torch: only when a train job is planned
+
+    return create_method(method_spec_for(config, wildcards.model, wildcards.dataset, wildcards.method)).input_files()
+
+
 def train_split(wildcards):
     return config["datasets"][wildcards.dataset]["train_split"]
 

@@ -5,8 +5,9 @@ pretrain  seeded random model + a synthetic split -> results/pretrained/{model}.
 
 train   model + dataset (train split) + method -> results/checkpoints/{model}/{dataset}/{method}/
         checkpoint.pt (what the GPU stage loads) and train_log.csv (loss / accuracy per epoch).
-        Zero-shot writes a checkpoint too: its text head, nothing trained. An interrupted job resumes
-        from its last finished epoch (train_state.pt in the same directory). With
+        Zero-shot writes a checkpoint too: its text head, nothing trained; so does `kind: external`
+        from fine-tuned weights made elsewhere (its files are the job's inputs). An interrupted job
+        resumes from its last finished epoch (train_state.pt in the same directory). With
         train.nproc_per_node > 1 the job runs under torchrun (DDP), one process per GPU; a method's
         batch_size larger than nproc_per_node x train.max_batch_per_step is accumulated over
         micro-steps (the log says how each optimiser step is split).
@@ -46,6 +47,7 @@ rule train:
     input:
         dataset_inputs,
         model_inputs,
+        method_inputs,
     output:
         checkpoint=CHECKPOINT,
         train_log=CHECKPOINT_DIR + "/train_log.csv",
