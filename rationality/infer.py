@@ -16,15 +16,16 @@ import dask.array as da
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from rationality import __version__, schema
-from rationality.data.base import create_dataset
+from rationality.cpus import loader_workers
+from rationality.data.base import create_dataset, split_samples
 from rationality.data.loader import ImageDataset
 from rationality.errors import ConfigError
 from rationality.explain import create_explainer, explain_batch
 from rationality.methods import create_method
 from rationality.models.checkpoint import file_sha256, load_checkpoint
+from rationality.progress import track
 from rationality.store import BatchedStoreWriter
 
 
@@ -61,7 +62,7 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
     if list(reader.class_names) != meta["class_names"]:
         raise ConfigError(f"{checkpoint} was trained for classes {meta['class_names'][:5]}… but dataset "
                           f"{dataset['root']} has {list(reader.class_names)[:5]}…")
-    samples = reader.samples(split)
+    samples = split_samples(reader, split, dataset["name"])
     mean, std = adapter.normalization
     images = ImageDataset(reader, samples, adapter.geometry, mean, std)
     checkpoint_sha256 = file_sha256(checkpoint)
@@ -90,8 +91,8 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
     classifier.to(torch_device)
     pending = writer.pending_batches
     batches = [list(range(writer.batch_slice(b).start, writer.batch_slice(b).stop)) for b in pending]
-    loader = DataLoader(images, batch_sampler=batches, num_workers=num_workers)
-    for batch, (pixels, labels, _) in zip(tqdm(pending, desc=f"infer {checkpoint.parent}"), loader):
+    loader = DataLoader(images, batch_sampler=batches, num_workers=loader_workers(num_workers))
+    for batch, (pixels, labels, _) in zip(track(pending, f"infer {checkpoint.parent}", "batches"), loader):
         labels = torch.as_tensor(labels)
         logits, heatmaps = explain_batch(classifier, pixels.to(torch_device), labels.to(torch_device),
                                          explainer_objects, precision)

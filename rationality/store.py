@@ -21,9 +21,9 @@ from typing import Mapping
 import numpy as np
 import xarray as xr
 import zarr
-from dask.diagnostics import ProgressBar
 
 from rationality import schema
+from rationality.progress import DaskProgress
 from rationality.schema import SAMPLE
 
 PARTIAL_SUFFIX = ".partial"
@@ -60,7 +60,7 @@ def write_dataset(ds: xr.Dataset, path: str | Path, *, progress: bool = False, s
     compressed as :func:`schema.encoding` says.
 
     Args:
-        progress: show Dask's progress bar.
+        progress: report the computation's progress (:class:`~rationality.progress.DaskProgress`).
         staging: where to write before publishing (default ``<path>.partial``).
         chunks: Zarr chunk length per dimension (the Dask chunks must align with them).
     """
@@ -69,7 +69,7 @@ def write_dataset(ds: xr.Dataset, path: str | Path, *, progress: bool = False, s
     if staging.exists():
         shutil.rmtree(staging)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with ProgressBar() if progress else contextlib.nullcontext():
+    with DaskProgress(f"write {path}") if progress else contextlib.nullcontext():
         ds.to_zarr(staging, mode="w", consolidated=False, encoding=schema.encoding(ds, chunks=chunks))
     _publish(staging, path)
     return path

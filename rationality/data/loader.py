@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from rationality.cpus import loader_workers
 from rationality.data.base import DatasetReader, Sample
 from rationality.data.geometry import Geometry
 
@@ -59,8 +60,8 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 def make_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
 ) -> DataLoader:
-    """A loader over ``dataset``; with ``shuffle``, the order is fixed by ``seed``."""
+    """A loader over ``dataset``; with ``shuffle``, the order is fixed by ``seed``; at most ``--threads`` workers."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=num_workers
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=loader_workers(num_workers)
     )

@@ -38,6 +38,7 @@ from rationality.data import _annotations
 from rationality.data._annotations import ListedReader, check_options, float_option
 from rationality.data.base import Sample, register_dataset
 from rationality.errors import DataError
+from rationality.progress import Progress
 
 CLASS_NAMES = ("disk", "square", "triangle", "cross")
 
@@ -95,6 +96,7 @@ def generate_synthetic_dataset(
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASS_NAMES), encoding="utf-8")
 
     rows = []
+    progress = Progress(sum(samples_per_class.values()) * len(CLASS_NAMES), f"synthetic {root}", "images")
     for split, count in samples_per_class.items():
         for label, class_name in enumerate(CLASS_NAMES):
             for index in range(count):
@@ -108,6 +110,8 @@ def generate_synthetic_dataset(
                 image.save(root / "images" / f"{sample_id}.png", format="PNG")
                 mask.save(root / "masks" / f"{sample_id}.png", format="PNG")
                 rows.append([sample_id, class_name, split])
+                progress.update()
+    progress.close()
 
     partial_path = root / "samples.csv.partial"
     with partial_path.open("w", newline="", encoding="utf-8") as handle:

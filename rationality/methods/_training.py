@@ -30,9 +30,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from rationality.cpus import loader_workers
 from rationality.errors import ConfigError
+from rationality.progress import Progress
 
 TRAIN_LOG_FILE = "train_log.csv"
 TRAIN_STATE_FILE = "train_state.pt"
@@ -173,12 +174,15 @@ def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: Train
             module, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     torch.manual_seed(run.seed)
     first_epoch, rows = _resume(run, dict(named), optimizer, scaler)
+    workers = loader_workers(run.num_workers)
+    batches_per_epoch = len(list(_epoch_batches(len(dataset), options.batch_size, run.seed, first_epoch)))
+    progress = Progress((options.epochs - first_epoch + 1) * batches_per_epoch, description, "batches",
+                        enabled=rank == 0)
     for epoch in range(first_epoch, options.epochs + 1):
         loader = DataLoader(dataset, batch_sampler=list(_epoch_batches(len(dataset), options.batch_size, run.seed,
-                                                                       epoch)), num_workers=run.num_workers)
+                                                                       epoch)), num_workers=workers)
         totals = torch.zeros(3, dtype=torch.float64, device=run.device)  # loss sum, correct, seen
-        for batch in tqdm(loader, desc=f"{description} epoch {epoch}/{options.epochs}", leave=False,
-                          disable=rank != 0):
+        for batch in loader:
             batch = _to_device(batch, run.device)
             with torch.autocast(run.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 loss, logits, labels = step(caller, batch)
@@ -188,13 +192,16 @@ def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: Train
             scaler.update()
             totals += torch.tensor([float(loss.detach()) * len(labels), int((logits.argmax(1) == labels).sum()),
                                     len(labels)], dtype=torch.float64, device=run.device)
+            progress.update()
         if size > 1:
             dist.all_reduce(totals)
         loss_sum, correct, seen = totals.tolist()
         rows.append([epoch, f"{loss_sum / max(seen, 1):.6f}", f"{correct / max(seen, 1):.6f}"])
+        progress.write(f"{description} epoch {epoch}/{options.epochs}: loss {rows[-1][1]}, accuracy {rows[-1][2]}")
         if rank == 0:
             _write_log(run.run_dir / TRAIN_LOG_FILE, rows)
             _save_state(run, epoch, dict(named), optimizer, scaler, rows)
+    progress.close()
     if rank == 0 and options.epochs == 0:
         _write_log(run.run_dir / TRAIN_LOG_FILE, rows)
 

@@ -16,6 +16,7 @@ from rationality.methods._training import Run, train_epochs
 from rationality.methods.base import TrainedMethod, register_method
 from rationality.models.base import VisionLanguageAdapter
 from rationality.models.heads import ImageClassifier, LinearHead, PromptHead
+from rationality.progress import track
 
 HEAD_INITS = ("random", "zero_shot")
 
@@ -25,7 +26,8 @@ def image_embeddings(adapter: VisionLanguageAdapter, dataset: ImageDataset, batc
     """Embeddings [N, D] (float32, on the CPU) and labels [N] of a dataset, in its order, tower frozen."""
     features, labels = [], []
     with torch.no_grad():
-        for pixels, label, _ in make_loader(dataset, batch_size=batch_size, shuffle=False, seed=0):
+        loader = make_loader(dataset, batch_size=batch_size, shuffle=False, seed=0)
+        for pixels, label, _ in track(loader, "image embeddings", "batches"):
             features.append(adapter.encode_image(pixels.to(device)).float().cpu())
             labels.append(torch.as_tensor(label))
     return torch.cat(features), torch.cat(labels)

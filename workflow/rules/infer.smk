@@ -36,7 +36,7 @@ rule infer:
         " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
         " --explainers {params.explainers} --batch-size {params.batch_size} --device {params.device}"
         " --num-workers {params.num_workers} --precision {params.precision} --model-name {wildcards.model} --method-name {wildcards.method}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule infer_ood:
@@ -68,4 +68,4 @@ rule infer_ood:
         " --corruption {wildcards.corruption} --severity {wildcards.severity}"
         " --explainers {params.explainers} --batch-size {params.batch_size} --device {params.device}"
         " --num-workers {params.num_workers} --precision {params.precision} --model-name {wildcards.model}"
-        " --method-name {wildcards.method} --out {output:q} > {log:q} 2>&1"
+        " --method-name {wildcards.method} --out {output:q} --threads {threads} > {log:q} 2>&1"

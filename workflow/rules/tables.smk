@@ -36,7 +36,7 @@ rule pt_ir_table:
     shell:
         "rationality table {input:q} --threshold {params.threshold} --undefined {params.undefined}"
         " --out {output.csv:q} --paper-csv {output.paper_csv:q} --markdown {output.markdown:q}"
-        " --latex {output.latex:q} > {log:q} 2>&1"
+        " --latex {output.latex:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule bootstrap_table:
@@ -59,7 +59,7 @@ rule bootstrap_table:
         runtime=30,
     shell:
         "rationality bootstrap {input:q} --threshold {params.threshold} --undefined {params.undefined}"
-        " --resamples {params.resamples} --seed {params.seed} --out {output:q} > {log:q} 2>&1"
+        " --resamples {params.resamples} --seed {params.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule ood_table:
@@ -80,4 +80,4 @@ rule ood_table:
         runtime=10,
     shell:
         "rationality table {input:q} --threshold {params.threshold} --undefined {params.undefined}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -34,7 +34,7 @@ rule pretrain:
     shell:
         "rationality pretrain --model {params.model:q} --spec {params.spec:q}"
         " --dataset-name {params.dataset_name:q} --dataset {params.dataset:q} --split {params.split:q}"
-        " --seed {params.seed} --out {output:q} > {log:q} 2>&1"
+        " --seed {params.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule train:
@@ -66,4 +66,4 @@ rule train:
         "{params.launcher} train --model {params.model:q} --method {params.method:q}"
         " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
         " --seed {params.seed} --device {params.device} --num-workers {params.num_workers} --out {params.out:q}"
-        " > {log:q} 2>&1"
+        " --threads {threads} > {log:q} 2>&1"
