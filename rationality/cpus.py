@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import sys
+from pathlib import Path
 from typing import Iterator
 
 import dask
@@ -88,10 +90,25 @@ def loader_workers(requested: int) -> int:
     return requested
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what :mod:`platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def describe() -> str:
-    """What a model stage's floating-point results depend on besides its inputs, for its log."""
+    """What a model stage's floating-point results depend on besides its inputs, for its log.
+
+    torch's version, its threads, and the CPU, whose instruction set decides the kernels torch, MKL
+    and oneDNN run (torch's own choice is named: ``AVX2``, ``AVX512``, ...).
+    """
     import torch
 
     threads = torch.get_num_threads()
     return (f"torch {torch.__version__}, {threads} thread{'s' if threads != 1 else ''}, "
-            f"CPU kernels {torch.backends.cpu.get_cpu_capability()}")
+            f"CPU {cpu_model()} ({torch.backends.cpu.get_cpu_capability()} kernels)")

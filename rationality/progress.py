@@ -7,8 +7,10 @@ is a terminal, otherwise a line per :data:`REPORT_FRACTION` of the work (at most
 :data:`QUIET_SECONDS`) and at least one per :data:`REPORT_SECONDS`, with the rate and the estimated
 time left, between a first and a last line::
 
-    infer results/checkpoints/tiny-vit/demo/ft: 2/5 batches (40%), 1.8 batches/s, elapsed 0:00:01, left 0:00:02
-    infer results/checkpoints/tiny-vit/demo/ft: done, 5 batches in 0:00:03 (1.7 batches/s)
+    infer results/checkpoints/tiny-vit/demo/ft: 0/250 batches
+    infer results/checkpoints/tiny-vit/demo/ft: 25/250 batches (10%), 2.3 batches/s, elapsed 0:00:11, left 0:01:38
+    ...
+    infer results/checkpoints/tiny-vit/demo/ft: done, 250 batches in 0:01:49 (2.29 batches/s)
 
 :class:`DaskProgress` reports a Dask computation (the scoring and projection stages) the same way.
 """
@@ -16,6 +18,7 @@ time left, between a first and a last line::
 from __future__ import annotations
 
 import datetime
+import math
 import sys
 import time
 from typing import Any, Callable, Iterable, Iterator, TextIO, TypeVar
@@ -93,7 +96,7 @@ class Progress:
             return f"{self.done} {self.unit}, {rate:.3g} {self.unit}/s, elapsed {_duration(elapsed)}"
         left = (self.total - self.done) / rate if rate > 0 else float("nan")
         return (f"{self.done}/{self.total} {self.unit} ({self.done / self.total:.0%}), {rate:.3g} {self.unit}/s, "
-                f"elapsed {_duration(elapsed)}, left {_duration(left) if left == left else '?'}")
+                f"elapsed {_duration(elapsed)}, left {_duration(left) if math.isfinite(left) else '?'}")
 
     def write(self, message: str) -> None:
         """A line of its own (e.g. an epoch's loss) that does not break the bar."""
