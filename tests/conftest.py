@@ -18,6 +18,8 @@ TINY_ADAPTER_SPECS: dict[str, dict[str, Any]] = {
     "albef": {"adapter": "albef", "name": "rationality-tiny-albef", "input_size": 64, "patch_size": 8},
 }
 SYNTHETIC_COUNTS = {"train": 4, "test": 3}
+#: The embedded demo's config.
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 SYNTHETIC_SIZE = (48, 40)
 
 
@@ -55,6 +57,33 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic-data")
     generate_synthetic_dataset(root, samples_per_class=dict(SYNTHETIC_COUNTS), image_size=SYNTHETIC_SIZE, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_config() -> dict[str, Any]:
+    """The embedded demo's config (``config/config.yaml``), validated, defaults filled."""
+    from rationality.config import load_config
+
+    return load_config(DEMO_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def demo_pretrained(tmp_path_factory: pytest.TempPathFactory, demo_config: dict[str, Any]) -> Path:
+    """The demo's pretrained tiny model: its ``pretrain`` job's weights file, made once per session (the slow
+    part of the tests that need a model that already classifies; about 2 minutes on 2 cores)."""
+    from rationality.data.synthetic import generate_synthetic_dataset
+    from rationality.pretrain import pretrain_image_text
+
+    (model, pretrain), = demo_config["pretrain"].items()
+    synthetic = demo_config["synthetic"][pretrain["dataset"]]
+    root = tmp_path_factory.mktemp("demo-pretrain")
+    generate_synthetic_dataset(root / "data", samples_per_class={pretrain["split"]: synthetic["samples_per_class"][
+        pretrain["split"]]}, image_size=tuple(synthetic["image_size"]), background_bias=synthetic["background_bias"],
+        seed=synthetic["seed"])
+    dataset = {"name": pretrain["dataset"], "reader": "synthetic", "root": str(root / "data")}
+    return pretrain_image_text({**demo_config["models"][model], "pretrained": None}, dataset, pretrain["split"],
+                               root / f"{model}.pt", epochs=pretrain["epochs"], lr=float(pretrain["lr"]),
+                               batch_size=pretrain["batch_size"], seed=demo_config["seed"])
 
 
 @pytest.fixture(scope="session")
