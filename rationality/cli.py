@@ -39,6 +39,58 @@ def _spec(kind: str, option: str):
     return parse
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _json(option: str):
+    def parse(text: str) -> Any:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise argparse.ArgumentTypeError(f"{option} is not valid JSON/YAML: {exc}") from exc
+
+    parse.__name__ = option
+    return parse
+
+
+def _grids(text: str) -> list[dict[str, list[str]]]:
+    grids = _json("--grids")(text)
+    grids = [grids] if isinstance(grids, dict) else grids
+    if not isinstance(grids, list) or not all(
+            isinstance(g, dict) and all(isinstance(g.get(k), list) for k in ("models", "datasets", "methods"))
+            for g in grids):
+        raise argparse.ArgumentTypeError("--grids must be a list of {models: [...], datasets: [...], methods: [...]}")
+    return grids
+
+
+def _threshold(text: str) -> float:
+    """An RMA threshold: a finite number in [0, 1] (NaN would count no evidence as valid)."""
+    from rationality.scoring.metrics import check_threshold
+
+    try:
+        return check_threshold(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number in [0, 1], got {text!r}") from None
+
+
+def _confidence(text: str) -> float:
+    """A confidence level strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
+    return value
+
+
 def _dataset(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": args.dataset_name, **args.dataset}
 
@@ -78,6 +130,18 @@ def _cmd_datasets_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_config_resolve(args: argparse.Namespace) -> None:
+    from rationality.resolve import format_runs, load_config_files, resolved_runs
+
+    print(format_runs(resolved_runs(load_config_files(args.configs)), args.format), end="")
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from rationality.catalog import catalog, format_catalog
+
+    print(format_catalog(catalog(args.kind)))
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from rationality.pretrain import pretrain_image_text
 
@@ -91,7 +155,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from rationality.train import train_checkpoint
 
     path = train_checkpoint(args.model, _dataset(args), args.method, args.split, args.out, seed=args.seed,
-                            device=args.device, num_workers=args.num_workers)
+                            device=args.device, num_workers=args.num_workers,
+                            max_batch_per_step=args.max_batch_per_step)
     print(f"wrote {path}")
 
 
@@ -101,7 +166,7 @@ def _cmd_infer(args: argparse.Namespace) -> None:
     path = run_inference(args.checkpoint, _dataset(args), args.split, args.out, explainers=args.explainers,
                          batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
                          precision=args.precision, corruption=args.corruption, severity=args.severity,
-                         model_name=args.model_name, method_name=args.method_name)
+                         model_name=args.model_name, method_name=args.method_name, chunk_size=args.chunk_size)
     print(f"wrote {path}")
 
 
@@ -140,7 +205,19 @@ def _cmd_table(args: argparse.Namespace) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6f")
     print(f"wrote {args.out} ({len(table)} rows)")
-    for path in write_layout(table, csv=args.paper_csv, markdown=args.markdown, latex=args.latex, digits=args.digits):
+    for path in write_layout(table, csv=args.paper_csv, markdown=args.markdown, latex=args.latex, digits=args.digits,
+                             grids=args.grids):
+        print(f"wrote {path}")
+
+
+def _cmd_ablation_table(args: argparse.Namespace) -> None:
+    from rationality.report.ablations import write_ablation
+    from rationality.report.tables import rationality_table
+
+    table = rationality_table(args.scores, threshold=args.threshold, undefined=args.undefined,
+                              policies=[args.layout["policy"]])
+    for path in write_ablation(table, args.layout, csv=args.out, markdown=args.markdown, latex=args.latex,
+                               digits=args.digits):
         print(f"wrote {path}")
 
 
@@ -193,7 +270,8 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
 
     def scoring_options(command: argparse.ArgumentParser, threshold: bool = True) -> None:
         if threshold:
-            command.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+            command.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+                                 help="RMA at or above which evidence is valid, in [0, 1]")
         command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
                              help="how samples with undefined RMA count")
 
@@ -208,7 +286,7 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
                            default=list(START_LAYER_POLICIES), help="start-layer policies")
     bootstrap.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES)
     bootstrap.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    bootstrap.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
+    bootstrap.add_argument("--confidence", type=_confidence, default=DEFAULT_CONFIDENCE)
     bootstrap.add_argument("--out", required=True, help="CSV to write")
     bootstrap.set_defaults(run=_cmd_bootstrap)
 
@@ -251,6 +329,7 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rationality.precision import PRECISIONS
     from rationality.report.tables import START_LAYER_POLICIES
     from rationality.scoring.metrics import DEFAULT_THRESHOLD, UNDEFINED_POLICIES
     from rationality.scoring.rma import NORMALIZATIONS
@@ -287,6 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--images", action="store_true", help="also decode every image (slow)")
     check.set_defaults(run=_cmd_datasets_check)
 
+    config_command = commands.add_parser("config", help="inspect a workflow config")
+    config_commands = config_command.add_subparsers(dest="config_command", required=True)
+    resolve = config_commands.add_parser(
+        "resolve", help="every run the workflow would train, one row each, with every hyper-parameter it uses")
+    resolve.add_argument("configs", nargs="+", metavar="CONFIG",
+                         help="config YAML files, merged in order as several Snakemake --configfile files")
+    resolve.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+    resolve.set_defaults(run=_cmd_config_resolve)
+
+    listing = commands.add_parser("list", help="what the registries hold: model families, methods, explainers, datasets")
+    listing.add_argument("kind", choices=["models", "methods", "explainers", "datasets"])
+    listing.set_defaults(run=_cmd_list)
+
     pretrain = commands.add_parser("pretrain", help="image-text pretraining of a small random model (demo)")
     pretrain.add_argument("--model", required=True, type=_spec("model", "--model"), help="model spec")
     pretrain.add_argument("--spec", required=True, type=_spec("pretrain", "--spec"),
@@ -303,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (under torchrun: each process's GPU)")
     train.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
+    train.add_argument("--max-batch-per-step", type=_positive_int, default=None,
+                       help="most images per process and pass; a larger batch_size is accumulated over micro-steps")
     train.add_argument("--out", required=True, help="checkpoint directory")
     train.set_defaults(run=_cmd_train)
 
@@ -313,8 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch-size", type=int, default=32)
     infer.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     infer.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
-    infer.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                       help="fp32, or bf16/fp16 autocast (GPU; changes heatmaps slightly)")
+    infer.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp32; tf32 matrix products, or bf16/fp16 autocast (GPU; change heatmaps slightly)")
+    infer.add_argument("--chunk-size", type=int,
+                       help="samples per store chunk and resume step (default: the stores' chunk, 1024)")
     infer.add_argument("--corruption", default="none", help="the images' corruption (store attribute)")
     infer.add_argument("--severity", type=int, default=0, choices=range(6), help="its severity, 0 for clean")
     infer.add_argument("--model-name", help="the model's name in the config (store attribute)")
@@ -341,18 +437,34 @@ def build_parser() -> argparse.ArgumentParser:
                             ("table", "write the PT / IR table of scores stores as CSV")):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("scores", nargs="+", help="scores stores (.zarr)")
-        command.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+        command.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+                             help="RMA at or above which evidence is valid, in [0, 1]")
         command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
                              help="how samples with undefined RMA count")
         command.add_argument("--policies", nargs="+", choices=START_LAYER_POLICIES,
                              default=list(START_LAYER_POLICIES), help="start-layer policies")
         if name == "table":
             command.add_argument("--out", required=True, help="CSV to write")
-            command.add_argument("--paper-csv", help="also write the paper-layout tables as CSV (marks in *_mark)")
+            command.add_argument("--paper-csv", help="also write the paper-layout tables as CSV (marks in avg_mark)")
             command.add_argument("--markdown", help="also write them as Markdown")
             command.add_argument("--latex", help="also write them as LaTeX (booktabs)")
             command.add_argument("--digits", type=int, default=3, help="decimals shown (and compared for marks)")
+            command.add_argument("--grids", type=_grids,
+                                 help="the config's runs grids as JSON ([{models, datasets, methods}, ...]): one set "
+                                      "of paper-layout tables each (default: one grid of everything)")
         command.set_defaults(run=_cmd_rescore if name == "rescore" else _cmd_table)
+    ablation = commands.add_parser("ablation-table", help="an ablation table in the layout of the paper's Table 3")
+    ablation.add_argument("scores", nargs="+", help="scores stores (.zarr) of every run the table names")
+    ablation.add_argument("--layout", required=True, type=_json("--layout"),
+                          help="which run fills which cell, as JSON (see rationality.report.ablations)")
+    ablation.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    ablation.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
+                          help="how samples with undefined RMA count")
+    ablation.add_argument("--out", required=True, help="CSV to write")
+    ablation.add_argument("--markdown", help="also write it as Markdown")
+    ablation.add_argument("--latex", help="also write it as LaTeX (booktabs)")
+    ablation.add_argument("--digits", type=int, default=3, help="decimals shown (and compared for the best)")
+    ablation.set_defaults(run=_cmd_ablation_table)
     _add_report_commands(commands)
     _add_threads_option(parser)
     return parser

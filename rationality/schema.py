@@ -39,7 +39,9 @@ from zarr.codecs import BloscCodec, BloscShuffle
 
 from rationality.errors import StoreError
 
-SCHEMA_VERSION = 1
+#: The version of the layout this module describes; stores of another version are refused when opened.
+#: 2: dataset_root and dataset_fingerprint in every store but the scores' own scoring options.
+SCHEMA_VERSION = 2
 
 # Dimensions.
 SAMPLE = "sample"
@@ -100,6 +102,12 @@ ATTR_GRID = "grid"
 ATTR_CORRUPTION = "corruption"
 ATTR_SEVERITY = "severity"
 CLEAN = "none"
+#: Where the samples were read (the reader's root, absolute) and the SHA-256 of their listing
+#: (:meth:`rationality.data.base.DatasetReader.fingerprint`): a cache is scored only against masks of
+#: the same root and fingerprint, and a partial store is resumed only for the same fingerprint.
+ATTR_DATASET_ROOT = "dataset_root"
+ATTR_DATASET_FINGERPRINT = "dataset_fingerprint"
+DATASET_PROVENANCE = (ATTR_DATASET_ROOT, ATTR_DATASET_FINGERPRINT)
 
 
 class StoreKind(str, enum.Enum):
@@ -156,12 +164,16 @@ STORE_ATTRS: dict[StoreKind, tuple[str, ...]] = {
     StoreKind.CACHE: (
         ATTR_MODEL, ATTR_DATASET, ATTR_SPLIT, ATTR_METHOD, ATTR_METHOD_KIND, ATTR_PAPER_START_LAYER,
         ATTR_GEOMETRY, ATTR_NORMALIZATION, ATTR_CHECKPOINT_SHA256, ATTR_CONFIG, ATTR_CORRUPTION, ATTR_SEVERITY,
+        ATTR_DATASET_ROOT, ATTR_DATASET_FINGERPRINT,
     ),
-    StoreKind.MASKS: (ATTR_DATASET, ATTR_SPLIT, ATTR_GEOMETRY, ATTR_CONFIG),
-    StoreKind.PROJECTIONS: (ATTR_DATASET, ATTR_SPLIT, ATTR_GEOMETRY, ATTR_GRID, ATTR_MASKS_PATH),
+    StoreKind.MASKS: (ATTR_DATASET, ATTR_SPLIT, ATTR_GEOMETRY, ATTR_CONFIG, ATTR_DATASET_ROOT,
+                      ATTR_DATASET_FINGERPRINT),
+    StoreKind.PROJECTIONS: (ATTR_DATASET, ATTR_SPLIT, ATTR_GEOMETRY, ATTR_GRID, ATTR_MASKS_PATH, ATTR_DATASET_ROOT,
+                            ATTR_DATASET_FINGERPRINT),
     StoreKind.SCORES: (
         ATTR_MODEL, ATTR_DATASET, ATTR_SPLIT, ATTR_METHOD, ATTR_METHOD_KIND, ATTR_PAPER_START_LAYER,
         ATTR_GEOMETRY, ATTR_SCORING, ATTR_CACHE_PATH, ATTR_MASKS_PATH, ATTR_CORRUPTION, ATTR_SEVERITY,
+        ATTR_DATASET_ROOT, ATTR_DATASET_FINGERPRINT,
     ),
 }
 # No creation time: the same inputs give byte-identical stores (Snakemake's logs record when).
@@ -211,6 +223,12 @@ def validate(ds: xr.Dataset, kind: StoreKind, source: str = "<dataset>") -> xr.D
     Raises:
         StoreError: naming ``source`` and every missing array, wrong dimension or attribute.
     """
+    version = ds.attrs.get(ATTR_SCHEMA_VERSION)
+    if ATTR_KIND in ds.attrs and version != SCHEMA_VERSION:
+        age = "a newer" if isinstance(version, int) and version > SCHEMA_VERSION else "an older"
+        raise StoreError(f"{source} has store schema version {version}, this rationality reads version "
+                         f"{SCHEMA_VERSION}: written by {age} rationality; re-run the stage that wrote it"
+                         + (" with that version" if age == "a newer" else ""))
     problems: list[str] = []
     found_kind = ds.attrs.get(ATTR_KIND)
     if found_kind != kind.value:
@@ -295,6 +313,10 @@ def masks_dataset(ids: Any, masks: Any, labels: Any, attrs: Mapping[str, Any]) -
     )
 
 
+#: The dataset provenance of the mock stores.
+MOCK_DATASET = {ATTR_DATASET_ROOT: "/mock", ATTR_DATASET_FINGERPRINT: "0" * 64}
+
+
 def mock_cache(
     n_samples: int = 6, n_classes: int = 3, grid: tuple[int, int] = (4, 4), n_layers: int = 2,
     explainers: tuple[str, ...] = ("generic_attention",), seed: int = 0, **attrs: Any,
@@ -304,7 +326,7 @@ def mock_cache(
     defaults = dict(model="mock", dataset="mock", split="test", method="zs", method_kind="zero_shot",
                     paper_start_layer=n_layers - 1, geometry={"resize": 16, "crop": 16},
                     image_normalization="model", checkpoint_sha256="0" * 64, config={}, corruption=CLEAN,
-                    severity=0)
+                    severity=0, **MOCK_DATASET)
     return cache_dataset(
         ids=[f"mock-{i:04d}" for i in range(n_samples)],
         class_names=[f"class{c}" for c in range(n_classes)],
@@ -330,7 +352,7 @@ def mock_masks(
         y0, x0 = rng.integers(0, size[0] // 2), rng.integers(0, size[1] // 2)
         mask[y0:y0 + size[0] // 2, x0:x0 + size[1] // 2] = True
     defaults = dict(dataset="mock", split="test", geometry={"resize": size[0], "crop": size[0]},
-                    config={})
+                    config={}, **MOCK_DATASET)
     return masks_dataset(
         ids=[f"mock-{i:04d}" for i in range(n_samples)], masks=masks,
         labels=(np.arange(n_samples) % n_classes).astype(np.int32),

@@ -29,7 +29,7 @@ __all__ = ["CHECKPOINT_FILE", "TRAIN_LOG_FILE", "train_checkpoint"]
 
 def train_checkpoint(model: dict[str, Any], dataset: dict[str, Any], method: dict[str, Any],
                      split: str, out_dir: str | Path, seed: int = 0, device: str = "auto",
-                     num_workers: int = 0) -> Path:
+                     num_workers: int = 0, max_batch_per_step: int | None = None) -> Path:
     """Train and write ``out_dir/checkpoint.pt`` and ``out_dir/train_log.csv``; returns the checkpoint.
 
     Args:
@@ -40,6 +40,8 @@ def train_checkpoint(model: dict[str, Any], dataset: dict[str, Any], method: dic
         seed: seeds head initialisation, data order and everything random in training.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; under torchrun, each process's own GPU.
         num_workers: image-loading processes.
+        max_batch_per_step: the most images one process passes at once; a larger global batch
+            (the method's ``batch_size``) is accumulated over micro-steps. None: no limit.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +57,7 @@ def train_checkpoint(model: dict[str, Any], dataset: dict[str, Any], method: dic
     fingerprint = hashlib.sha256(json.dumps(
         {"model": model_spec.to_dict(), "dataset": dataset, "method": adaptation.to_dict(), "split": split,
          "seed": seed, "base": base_sha256, "version": __version__}, sort_keys=True).encode()).hexdigest()
-    run = Run(out_dir, seed, fingerprint, torch_device, num_workers)
+    run = Run(out_dir, seed, fingerprint, torch_device, num_workers, max_batch_per_step)
     classifier = adaptation.fit(adapter, reader.class_names, train, run)
     checkpoint = out_dir / CHECKPOINT_FILE
     if world()[0] == 0:

@@ -19,7 +19,8 @@ def scores_store(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, la
     correct = np.asarray(correct, dtype=bool)
     defaults = dict(model="mock", dataset="mock", split="test", method="zs", method_kind="zero_shot",
                     paper_start_layer=n_layers - 1, geometry={"resize": 16, "crop": 16}, scoring={"normalization": "minmax"},
-                    cache_path="cache.zarr", masks_path="masks.zarr", corruption=schema.CLEAN, severity=0)
+                    cache_path="cache.zarr", masks_path="masks.zarr", corruption=schema.CLEAN, severity=0,
+                    **schema.MOCK_DATASET)
     dims = (schema.SAMPLE, schema.EXPLAINER, schema.START_LAYER)
     return xr.Dataset(
         {schema.RMA: (dims, rma), schema.EDGE_CASE: (dims, np.asarray(edge_case, dtype=np.int8)),

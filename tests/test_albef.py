@@ -15,7 +15,8 @@ from timm.models.vision_transformer import Attention
 
 from rationality.errors import ConfigError
 from rationality.models import create_adapter
-from rationality.models.albef import CONFIG_DIR, interpolate_pos_embed
+from rationality.models._released import interpolate_pos_embed
+from rationality.models.albef import CONFIG_DIR
 
 TINY = {"adapter": "albef", "name": "rationality-tiny-albef"}
 VOCAB = [line.rstrip("\n") for line in (CONFIG_DIR / "rationality-tiny-bert-vocab.txt").open()]

@@ -4,6 +4,9 @@ local directories and error messages. No downloads (the hub path is exercised in
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
+from typing import Any
 
 import huggingface_hub.constants
 import pytest
@@ -16,7 +19,7 @@ from rationality.errors import ConfigError
 from rationality.explain import create_explainer, explain_batch, list_explainers
 from rationality.models import ImageClassifier, ModelSpec, PromptHead, create_adapter
 from rationality.models._tokenizers import bert_tokenizer_from_vocab
-from rationality.models.blip import CONFIG_DIR, load_tokenizer
+from rationality.models.blip import CONFIG_DIR, load_tokenizer, released_to_ours
 
 from tests.conftest import TINY_ADAPTER_SPECS
 
@@ -188,7 +191,7 @@ def test_local_directory_weights_and_tokenizer(tmp_path) -> None:
 
 
 def test_unknown_project_config_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"'rationality-tiny-nope'.*\['rationality-tiny-blip'\]"):
+    with pytest.raises(ConfigError, match=r"'rationality-tiny-nope'.*\['blip-vit-b-16', 'rationality-tiny-blip'\]"):
         create_adapter({"adapter": "blip", "name": "rationality-tiny-nope"})
     with pytest.raises(ConfigError, match="unknown BLIP options"):
         create_adapter({**SPEC, "options": {"image_sise": 96}})
@@ -196,7 +199,7 @@ def test_unknown_project_config_is_refused() -> None:
 
 def test_missing_local_directory_is_refused(tmp_path) -> None:
     missing = str(tmp_path / "absent")
-    with pytest.raises(ConfigError, match=f"{missing!r}.*'hub', None, nor an existing directory"):
+    with pytest.raises(ConfigError, match=f"{missing!r}.*'hub', None, an existing directory.*original release"):
         create_adapter({"adapter": "blip", "name": "Salesforce/blip-itm-base-coco", "pretrained": missing})
 
 
@@ -214,3 +217,239 @@ def test_tokenizer_that_maps_prompts_to_unk_is_refused(tmp_path) -> None:
     vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
     with pytest.raises(ConfigError, match=r"maps 'a photo of a dog\.' to \[UNK\] \(5 tokens\)"):
         bert_tokenizer_from_vocab(vocab)
+
+
+# --------------------------------------------------------------------------- BLIP's original release
+
+
+def _blip_config(name: str) -> dict[str, Any]:
+    return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+
+
+def released_blip_state_dict(config: dict[str, Any], seed: int = 0, temp: float = 0.05) -> dict[str, torch.Tensor]:
+    """Random tensors under the names and shapes of BLIP's released checkpoints (``BLIP_Pretrain``:
+    ``model_base.pth``). What ITC does not use (cross-attention, momentum copies, queues, the caption
+    decoder) are stride-0 views or shared tensors, so the full-size file stays small."""
+    gen = torch.Generator().manual_seed(seed)
+    vision, text = config["vision_config"], config["text_config"]
+    width, hidden, embed = vision["hidden_size"], text["hidden_size"], config["image_text_hidden_size"]
+    patch, grid = vision["patch_size"], vision["image_size"] // vision["patch_size"]
+
+    def rand(*shape: int, centre: float = 0.0) -> torch.Tensor:
+        return centre + 0.05 * torch.randn(*shape, generator=gen)
+
+    def unused(*shape: int) -> torch.Tensor:
+        return torch.zeros(()).expand(*shape)
+
+    def norm(prefix: str, dim: int, make=rand) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.weight": make(dim, centre=1.0) if make is rand else make(dim), f"{prefix}.bias": make(dim)}
+
+    def linear(prefix: str, out_dim: int, in_dim: int, make=rand) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.weight": make(out_dim, in_dim), f"{prefix}.bias": make(out_dim)}
+
+    ve = {"cls_token": rand(1, 1, width), "pos_embed": rand(1, 1 + grid * grid, width),
+          "patch_embed.proj.weight": rand(width, 3, patch, patch), "patch_embed.proj.bias": rand(width),
+          **norm("norm", width)}
+    for i in range(vision["num_hidden_layers"]):
+        inner = vision["intermediate_size"]
+        ve.update({**norm(f"blocks.{i}.norm1", width), **linear(f"blocks.{i}.attn.qkv", 3 * width, width),
+                   **linear(f"blocks.{i}.attn.proj", width, width), **norm(f"blocks.{i}.norm2", width),
+                   **linear(f"blocks.{i}.mlp.fc1", inner, width), **linear(f"blocks.{i}.mlp.fc2", width, inner)})
+    te = {"embeddings.word_embeddings.weight": rand(text["vocab_size"], hidden),
+          "embeddings.position_embeddings.weight": rand(text["max_position_embeddings"], hidden),
+          "embeddings.position_ids": torch.arange(text["max_position_embeddings"]).unsqueeze(0),
+          **norm("embeddings.LayerNorm", hidden)}
+    for i in range(text["num_hidden_layers"]):
+        layer, inner = f"encoder.layer.{i}", text["intermediate_size"]
+        for kind, make, source in (("attention", rand, hidden), ("crossattention", unused, width)):
+            te.update({**linear(f"{layer}.{kind}.self.query", hidden, hidden, make),
+                       **linear(f"{layer}.{kind}.self.key", hidden, source, make),
+                       **linear(f"{layer}.{kind}.self.value", hidden, source, make),
+                       **linear(f"{layer}.{kind}.output.dense", hidden, hidden, make),
+                       **norm(f"{layer}.{kind}.output.LayerNorm", hidden, make)})
+        te.update({**linear(f"{layer}.intermediate.dense", inner, hidden), **linear(f"{layer}.output.dense", hidden, inner),
+                   **norm(f"{layer}.output.LayerNorm", hidden)})
+    online = {**{f"visual_encoder.{k}": v for k, v in ve.items()}, **linear("vision_proj", embed, width),
+              **{f"text_encoder.{k}": v for k, v in te.items()}, **linear("text_proj", embed, hidden)}
+    momentum = {k.replace(".", "_m.", 1): v for k, v in online.items()}
+    decoder = {f"text_decoder.bert.{k}": unused(*v.shape) for k, v in te.items() if k != "embeddings.position_ids"}
+    decoder.update({"text_decoder.cls.predictions.bias": unused(text["vocab_size"]),
+                    **linear("text_decoder.cls.predictions.transform.dense", hidden, hidden, unused),
+                    **norm("text_decoder.cls.predictions.transform.LayerNorm", hidden, unused),
+                    "text_decoder.cls.predictions.decoder.weight": unused(text["vocab_size"], hidden)})
+    queues = {"image_queue": unused(embed, 16), "text_queue": unused(embed, 16),
+              "queue_ptr": torch.zeros(1, dtype=torch.long)}
+    return {**online, "temp": torch.tensor(temp), **linear("itm_head", 2, hidden), **momentum, **decoder, **queues}
+
+
+def _save_release(tmp_path: Path, state: dict[str, torch.Tensor]) -> Path:
+    path = tmp_path / "model_base.pth"
+    torch.save({"model": state, "optimizer": {}, "config": {"image_size": 224}, "epoch": 19}, path)
+    return path
+
+
+def _released_name(our_key: str) -> str:
+    """Where each of transformers' weights comes from, written out apart from the adapter's mapping."""
+    names = {"vision_model.embeddings.class_embedding": "visual_encoder.cls_token",
+             "vision_model.embeddings.position_embedding": "visual_encoder.pos_embed",
+             "vision_model.embeddings.patch_embedding.weight": "visual_encoder.patch_embed.proj.weight",
+             "vision_model.embeddings.patch_embedding.bias": "visual_encoder.patch_embed.proj.bias",
+             "vision_model.post_layernorm.weight": "visual_encoder.norm.weight",
+             "vision_model.post_layernorm.bias": "visual_encoder.norm.bias"}
+    if our_key in names:
+        return names[our_key]
+    if our_key.startswith("vision_model.encoder.layers."):
+        index, rest = our_key.removeprefix("vision_model.encoder.layers.").split(".", 1)
+        for theirs, ours in (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("attn.qkv", "self_attn.qkv"),
+                             ("attn.proj", "self_attn.projection"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+            if rest.startswith(ours + "."):
+                return f"visual_encoder.blocks.{index}.{theirs}{rest.removeprefix(ours)}"
+    return our_key
+
+
+def blip_image_embedding(state: dict[str, torch.Tensor], pixels: torch.Tensor, config: dict) -> torch.Tensor:
+    """BLIP's ``vision_proj(visual_encoder(image)[:, 0])`` from the released tensors (its vit.py by hand)."""
+    vision = config["vision_config"]
+
+    def w(key: str) -> torch.Tensor:
+        return state[f"visual_encoder.{key}"]
+
+    def layer_norm(x: torch.Tensor, key: str) -> torch.Tensor:
+        eps = vision.get("layer_norm_eps", 1e-5)  # transformers' default when the config leaves it out
+        return F.layer_norm(x, x.shape[-1:], w(f"{key}.weight"), w(f"{key}.bias"), eps)
+
+    x = F.conv2d(pixels, w("patch_embed.proj.weight"), w("patch_embed.proj.bias"), stride=vision["patch_size"])
+    x = torch.cat([w("cls_token").expand(len(x), -1, -1), x.flatten(2).transpose(1, 2)], dim=1) + w("pos_embed")
+    batch, tokens, width = x.shape
+    for i in range(vision["num_hidden_layers"]):
+        h = layer_norm(x, f"blocks.{i}.norm1")
+        q, k, v = F.linear(h, w(f"blocks.{i}.attn.qkv.weight"), w(f"blocks.{i}.attn.qkv.bias")).reshape(
+            batch, tokens, 3, vision["num_attention_heads"], -1).permute(2, 0, 3, 1, 4)
+        attention = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+        mixed = (attention @ v).transpose(1, 2).reshape(batch, tokens, width)
+        x = x + F.linear(mixed, w(f"blocks.{i}.attn.proj.weight"), w(f"blocks.{i}.attn.proj.bias"))
+        h = F.gelu(F.linear(layer_norm(x, f"blocks.{i}.norm2"), w(f"blocks.{i}.mlp.fc1.weight"),
+                            w(f"blocks.{i}.mlp.fc1.bias")))
+        x = x + F.linear(h, w(f"blocks.{i}.mlp.fc2.weight"), w(f"blocks.{i}.mlp.fc2.bias"))
+    return F.linear(layer_norm(x, "norm")[:, 0], state["vision_proj.weight"], state["vision_proj.bias"])
+
+
+def blip_text_embedding(state: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor, config: dict) -> torch.Tensor:
+    """BLIP's ``text_proj(text_encoder(ids, mask, mode='text')[:, 0])`` (med.py, self-attention only) by hand."""
+    text = config["text_config"]
+
+    def w(key: str) -> torch.Tensor:
+        return state[f"text_encoder.{key}"]
+
+    def layer_norm(x: torch.Tensor, key: str) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], w(f"{key}.weight"), w(f"{key}.bias"), text.get("layer_norm_eps", 1e-12))
+
+    batch, length = ids.shape
+    x = layer_norm(w("embeddings.word_embeddings.weight")[ids] + w("embeddings.position_embeddings.weight")[:length],
+                   "embeddings.LayerNorm")
+    padding = (1.0 - mask[:, None, None, :].float()) * -10000.0
+    for i in range(text["num_hidden_layers"]):
+        def project(name: str, y: torch.Tensor) -> torch.Tensor:
+            return F.linear(y, w(f"encoder.layer.{i}.{name}.weight"), w(f"encoder.layer.{i}.{name}.bias"))
+
+        q, k, v = (project(f"attention.self.{n}", x).reshape(batch, length, text["num_attention_heads"], -1)
+                   .transpose(1, 2) for n in ("query", "key", "value"))
+        attention = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + padding).softmax(dim=-1)
+        mixed = (attention @ v).transpose(1, 2).reshape(batch, length, -1)
+        x = layer_norm(project("attention.output.dense", mixed) + x, f"encoder.layer.{i}.attention.output.LayerNorm")
+        x = layer_norm(project("output.dense", F.gelu(project("intermediate.dense", x))) + x,
+                       f"encoder.layer.{i}.output.LayerNorm")
+    return F.linear(x[:, 0], state["text_proj.weight"], state["text_proj.bias"])
+
+
+def _check_release_loaded(adapter, state: dict[str, torch.Tensor], config: dict, atol: float) -> None:
+    for name, tensor in adapter.model.state_dict().items():
+        assert torch.equal(tensor, state[_released_name(name)].float()), name
+    size = adapter.geometry.crop
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    tokens = adapter.tokenizer(PROMPTS, padding="longest", return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.encode_image(pixels), blip_image_embedding(state, pixels, config),
+                                   atol=atol, rtol=0)
+        torch.testing.assert_close(adapter.encode_text(PROMPTS),
+                                   blip_text_embedding(state, tokens.input_ids, tokens.attention_mask, config),
+                                   atol=atol, rtol=0)
+    assert adapter.logit_scale().item() == pytest.approx(1 / state["temp"].item())
+
+
+def test_loads_the_original_release(tmp_path: Path) -> None:
+    config = _blip_config("rationality-tiny-blip")
+    state = released_blip_state_dict(config)
+    adapter = create_adapter({**SPEC, "pretrained": str(_save_release(tmp_path, state))})
+    _check_release_loaded(adapter, state, config, atol=2e-6)
+    assert released_to_ours("visual_encoder.blocks.2.attn.proj.bias") == "vision_model.encoder.layers.2.self_attn.projection.bias"
+    assert released_to_ours("text_decoder.bert.encoder.layer.0.output.dense.weight") is None
+    assert released_to_ours("visual_encoder_m.pos_embed") is None and released_to_ours("temp") is None
+
+
+@pytest.mark.parametrize("temp, scale", [(0.9, 2.0), (1e-4, 1000.0)])
+def test_release_temperature_is_clamped_as_blip(tmp_path: Path, temp: float, scale: float) -> None:
+    state = released_blip_state_dict(_blip_config("rationality-tiny-blip"), temp=temp)
+    adapter = create_adapter({**SPEC, "pretrained": str(_save_release(tmp_path, state))})
+    assert adapter.logit_scale().item() == pytest.approx(scale)
+
+
+def test_release_position_embeddings_follow_image_size(tmp_path: Path) -> None:
+    """A release at another resolution (e.g. a 384 px retrieval fine-tune) is resampled to the
+    architecture's grid, as BLIP's load_checkpoint does; image_size then works as for any BLIP."""
+    config = _blip_config("rationality-tiny-blip")
+    state = released_blip_state_dict(config)
+    state["visual_encoder.pos_embed"] = torch.randn(1, 1 + 12 * 12, 32, generator=torch.Generator().manual_seed(2))
+    adapter = create_adapter({**SPEC, "pretrained": str(_save_release(tmp_path, state))})
+    from rationality.models._released import interpolate_pos_embed
+    torch.testing.assert_close(adapter.model.vision_model.embeddings.position_embedding.data,
+                               interpolate_pos_embed(state["visual_encoder.pos_embed"], (8, 8)), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.pop("visual_encoder.blocks.1.attn.qkv.weight"), r"1 missing weights.*layers.1.self_attn.qkv.weight"),
+    (lambda s: s.update({"visual_encoder.head.weight": torch.zeros(3, 32)}), r"1 unexpected keys: visual_encoder.head"),
+    (lambda s: s.update({"vision_proj.weight": torch.zeros(16, 32)}), r"wrong shape: vision_proj.weight \(16, 32\)"),
+    (lambda s: s.pop("temp"), "no learned temperature 'temp'"),
+])
+def test_release_with_wrong_keys_is_refused(tmp_path: Path, change, message: str) -> None:
+    state = released_blip_state_dict(_blip_config("rationality-tiny-blip"))
+    change(state)
+    with pytest.raises(ConfigError, match=message):
+        create_adapter({**SPEC, "pretrained": str(_save_release(tmp_path, state))})
+
+
+def test_release_needs_a_project_architecture_and_its_own_temperature(tmp_path: Path) -> None:
+    path = str(_save_release(tmp_path, released_blip_state_dict(_blip_config("rationality-tiny-blip"))))
+    with pytest.raises(ConfigError, match="original release checkpoint.*name must be one of.*blip-vit-b-16"):
+        create_adapter({"adapter": "blip", "name": "Salesforce/blip-itm-base-coco", "pretrained": path})
+    with pytest.raises(ConfigError, match="carries its learned temperature"):
+        create_adapter({**SPEC, "pretrained": path, "options": {"temperature": 0.07}})
+
+
+def _padded_bert_vocab(tmp_path: Path) -> Path:
+    """The tiny vocabulary padded to bert-base-uncased's 30,522 entries (no download)."""
+    vocab = [line.rstrip("\n") for line in (CONFIG_DIR / "rationality-tiny-bert-vocab.txt").open()]
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(vocab + [f"[unused{i}]" for i in range(30522 - len(vocab))]) + "\n")
+    return path
+
+
+def test_release_tokenizer_adds_blips_two_tokens(tmp_path: Path) -> None:
+    tokenizer = load_tokenizer(ModelSpec.from_dict({"adapter": "blip", "name": "blip-vit-b-16",
+                                                    "options": {"tokenizer": str(_padded_bert_vocab(tmp_path))}}))
+    assert len(tokenizer) == 30524 and tokenizer.convert_tokens_to_ids(["[DEC]", "[ENC]"]) == [30522, 30523]
+    assert tokenizer.bos_token == "[DEC]"
+
+
+@pytest.mark.slow
+def test_loads_the_full_size_original_release(tmp_path: Path) -> None:
+    config = _blip_config("blip-vit-b-16")
+    state = released_blip_state_dict(config)
+    assert state["visual_encoder.pos_embed"].shape == (1, 197, 768)
+    assert state["text_encoder.embeddings.word_embeddings.weight"].shape == (30524, 768)
+    spec = {"adapter": "blip", "name": "blip-vit-b-16", "pretrained": str(_save_release(tmp_path, state)),
+            "input_size": 224, "patch_size": 16, "options": {"tokenizer": str(_padded_bert_vocab(tmp_path))}}
+    adapter = create_adapter(spec)
+    assert adapter.grid == (14, 14) and adapter.num_blocks == 12
+    _check_release_loaded(adapter, state, config, atol=2e-5)

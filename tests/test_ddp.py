@@ -1,4 +1,5 @@
-"""DDP under the shared training loop: two CPU processes (gloo) train exactly what one process trains."""
+"""DDP under the shared training loop: two CPU processes (gloo) train exactly what one process trains,
+also when each optimiser step is accumulated over micro-steps."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _problem() -> tuple[nn.Module, TensorDataset]:
     return nn.Linear(16, 4), TensorDataset(features, labels)
 
 
-def _ddp_worker(rank: int, root: Path) -> None:
+def _ddp_worker(rank: int, root: Path, max_batch: int | None) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{root / 'rendezvous'}", rank=rank, world_size=2)
     try:
@@ -38,7 +39,7 @@ def _ddp_worker(rank: int, root: Path) -> None:
             seen.append(len(batch[1]))
             return classify_step(module, batch)
 
-        train_epochs(head, counting_step, dataset, OPTIONS, Run(root / "ddp", seed=0))
+        train_epochs(head, counting_step, dataset, OPTIONS, Run(root / "ddp", seed=0, max_batch_per_step=max_batch))
         (root / f"seen-{rank}.txt").write_text(" ".join(map(str, seen)))
         if rank == 0:
             torch.save(head.state_dict(), root / "ddp-head.pt")
@@ -47,12 +48,14 @@ def _ddp_worker(rank: int, root: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_train_the_same_weights_as_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("max_batch", "passes"), [(None, ["4"] * 15), (2, ["2"] * 30)])
+def test_two_processes_train_the_same_weights_as_one(tmp_path: Path, max_batch: int | None, passes: list[str]) -> None:
+    """Batches of 8: each process takes 4 in one pass, or 2 in each of two micro-steps (max_batch 2)."""
     head, dataset = _problem()
     train_epochs(head, classify_step, dataset, OPTIONS, Run(tmp_path / "single", seed=0))
-    mp.spawn(_ddp_worker, args=(tmp_path,), nprocs=2, join=True)
-    for rank in (0, 1):  # each process took half of each batch of 8
-        assert (tmp_path / f"seen-{rank}.txt").read_text() == " ".join(["4"] * 15)
+    mp.spawn(_ddp_worker, args=(tmp_path, max_batch), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert (tmp_path / f"seen-{rank}.txt").read_text() == " ".join(passes)
     ddp = torch.load(tmp_path / "ddp-head.pt", weights_only=True)
     for name, tensor in head.state_dict().items():
         torch.testing.assert_close(ddp[name], tensor, atol=1e-6, rtol=0)

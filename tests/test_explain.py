@@ -8,7 +8,8 @@ from torch import nn
 
 from rationality.errors import ConfigError
 from rationality.explain import create_explainer, explain_batch, list_explainers
-from rationality.explain.attribution import cls_rows_for_all_start_layers
+from rationality.explain.attribution import cls_rows_for_all_start_layers, readout_rows_for_all_start_layers
+from rationality.explain.base import Readout
 from rationality.models import ImageClassifier, LinearHead, PromptHead
 
 PROMPTS = ["a photo of a disk.", "a photo of a square.", "a photo of a triangle.", "a photo of a cross."]
@@ -62,6 +63,75 @@ def test_cls_rows_equal_direct_products() -> None:
 def test_cls_rows_single_block() -> None:
     relevance = torch.arange(9, dtype=torch.float64).view(1, 3, 3)
     torch.testing.assert_close(cls_rows_for_all_start_layers([relevance])[0, 0], relevance[0, 0, 1:])
+
+
+def test_readout_rows_equal_direct_products_from_any_start_row() -> None:
+    generator = torch.Generator().manual_seed(1)
+    batch, tokens, layers = 2, 5, 3
+    relevances = [torch.rand(batch, tokens, tokens, generator=generator, dtype=torch.float64) for _ in range(layers)]
+    start = torch.rand(batch, tokens, generator=generator, dtype=torch.float64)
+    rows = readout_rows_for_all_start_layers(relevances, start)
+    for s in range(layers):
+        r = torch.eye(tokens, dtype=torch.float64).expand(batch, tokens, tokens)
+        for layer in range(s, layers):
+            r = r + relevances[layer] @ r
+        torch.testing.assert_close(rows[:, s], (start[:, None] @ r)[:, 0], atol=1e-10, rtol=0)
+
+
+def _blocks(batch: int, heads: int, tokens: int, layers: int, seed: int) -> tuple[list, list]:
+    generator = torch.Generator().manual_seed(seed)
+    attentions = [torch.randn(batch, heads, tokens, tokens, generator=generator, dtype=torch.float64).softmax(-1)
+                  for _ in range(layers)]
+    gradients = [torch.randn(batch, heads, tokens, tokens, generator=generator, dtype=torch.float64)
+                 for _ in range(layers)]
+    return attentions, gradients
+
+
+def test_average_readout_is_the_mean_of_the_patch_tokens_rows() -> None:
+    """By linearity: the relevance of the mean of the patch tokens is the mean of their rows of R."""
+    attentions, gradients = _blocks(batch=2, heads=3, tokens=7, layers=3, seed=5)
+    prefix = 2
+    averaged = Readout.average(2, 7, prefix, like=attentions[0])
+    for name in list_explainers():
+        explainer = create_explainer(name)
+        ours = explainer(attentions, gradients, averaged)
+        rows = torch.stack([explainer.rows(attentions, gradients, Readout(prefix, weights=torch.eye(7)[j].expand(2, 7)
+                                                                              .to(torch.float64)))
+                            for j in range(prefix, 7)])  # [patches, B, L, T]
+        assert ours.shape == (2, 3, 5)
+        torch.testing.assert_close(ours, rows.mean(dim=0)[:, :, prefix:], atol=1e-12, rtol=0)
+
+
+def test_attention_pooling_readout_is_the_probes_rule_times_the_block_product() -> None:
+    """The probe's row (generic: mean_h (G ⊙ A)^+, no identity) times R_s; zero on tokens it does not see."""
+    attentions, gradients = _blocks(batch=2, heads=3, tokens=6, layers=2, seed=6)
+    generator = torch.Generator().manual_seed(7)
+    probe = torch.randn(2, 3, 1, 5, generator=generator, dtype=torch.float64).softmax(-1)  # skips 1 prefix token
+    probe_gradient = torch.randn(2, 3, 1, 5, generator=generator, dtype=torch.float64)
+    readout = Readout.attention_pool(probe, probe_gradient, tokens=6, prefix_tokens=1)
+    identity = torch.eye(6, dtype=torch.float64)
+    expected_start = {
+        "generic_attention": (probe_gradient * probe).clamp(min=0).mean(dim=1)[:, 0],
+        "attention_gradient": probe_gradient.clamp(min=0).mean(dim=1)[:, 0],
+        "attention_rollout": probe.mean(dim=1)[:, 0],
+    }
+    factors = {
+        "generic_attention": [identity + (g * a).clamp(min=0).mean(dim=1) for a, g in zip(attentions, gradients)],
+        "attention_gradient": [identity + g.clamp(min=0).mean(dim=1) for g in gradients],
+        "attention_rollout": [0.5 * a.mean(dim=1) + 0.5 * identity for a in attentions],
+    }
+    for name, start in expected_start.items():
+        start = torch.cat([torch.zeros(2, 1, dtype=torch.float64), start], dim=1)
+        ours = create_explainer(name)(attentions, gradients, readout)
+        for s in range(2):
+            product = identity
+            for factor in factors[name][s:]:
+                product = factor @ product
+            torch.testing.assert_close(ours[:, s], (start[:, None] @ product)[:, 0, 1:], atol=1e-12, rtol=0)
+    raw = create_explainer("raw_attention")(attentions, gradients, readout)
+    torch.testing.assert_close(raw, probe.mean(dim=1)[:, :1].expand(2, 2, 5), atol=0, rtol=0)  # K = T - 1
+    with pytest.raises(ValueError, match="K <= 4"):
+        Readout.attention_pool(probe, probe_gradient, tokens=4, prefix_tokens=0)
 
 
 # --------------------------------------------------------------------------- explain_batch
@@ -321,10 +391,66 @@ def test_autocast_heatmaps_stay_close_to_fp32(classifier: ImageClassifier, preci
     logits32, heatmaps32 = explain_batch(classifier, pixels, labels, explainers)
     logits, heatmaps = explain_batch(classifier, pixels, labels, explainers, precision=precision)
     assert heatmaps.dtype == logits.dtype == torch.float32
-    scale = heatmaps32.flatten(3).abs().amax(dim=-1, keepdim=True)  # per sample, explainer, start layer
-    relative = ((heatmaps - heatmaps32).flatten(3).abs() / scale).max().item()
+    relative = _relative_error(heatmaps, heatmaps32)
     assert 1e-4 < relative < bound  # autocast did run, and stayed within the bound
     assert (logits - logits32).abs().max() < 0.05
+
+
+def _relative_error(heatmaps: torch.Tensor, reference: torch.Tensor) -> float:
+    """The largest difference as a fraction of each (sample, explainer, start layer) map's maximum."""
+    scale = reference.flatten(3).abs().amax(dim=-1, keepdim=True)
+    return ((heatmaps - reference).flatten(3).abs() / scale).max().item()
+
+
+def _prompt_classifier(adapter, logit_scale: float) -> ImageClassifier:
+    head = PromptHead.from_prompts(adapter, PROMPTS)
+    head.scale.fill_(logit_scale)
+    return ImageClassifier(adapter, head).eval()
+
+
+def test_fp16_loss_scaling_keeps_small_gradients(tiny_adapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A logit scale of 1e-4 makes dy/dA small enough to underflow in fp16: 4.5% error without loss
+    scaling, 0.17% with it (measured)."""
+    import rationality.explain.batch as batch
+
+    classifier = _prompt_classifier(tiny_adapter, 1e-4)
+    pixels, labels = _pixels(8, seed=9), torch.arange(8) % 4
+    explainers = [create_explainer("generic_attention"), create_explainer("attention_gradient")]
+    _, reference = explain_batch(classifier, pixels, labels, explainers)
+    _, scaled = explain_batch(classifier, pixels, labels, explainers, precision="fp16")
+    monkeypatch.setattr(batch, "FP16_INITIAL_SCALE", 1.0)
+    _, unscaled = explain_batch(classifier, pixels, labels, explainers, precision="fp16")
+    assert _relative_error(scaled, reference) < 0.005
+    assert _relative_error(unscaled, reference) > 0.02
+
+
+def test_fp16_gradient_overflow_retries_with_a_smaller_scale(tiny_adapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a logit scale of 1e4, dy/dA reaches about 1,350: the first loss scale overflows fp16."""
+    import rationality.explain.batch as batch
+
+    classifier = _prompt_classifier(tiny_adapter, 1e4)
+    pixels, labels = _pixels(8, seed=9), torch.arange(8) % 4
+    explainers = [create_explainer("generic_attention")]
+    scales: list[float] = []
+    real = batch._attention_gradients
+
+    def recording_scales(*args):
+        scales.append(args[-1])
+        return real(*args)
+
+    _, reference = explain_batch(classifier, pixels, labels, explainers)
+    monkeypatch.setattr(batch, "_attention_gradients", recording_scales)
+    _, heatmaps = explain_batch(classifier, pixels, labels, explainers, precision="fp16")
+    assert scales == [batch.FP16_INITIAL_SCALE, batch.FP16_INITIAL_SCALE / batch.FP16_BACKOFF]
+    assert torch.isfinite(heatmaps).all() and _relative_error(heatmaps, reference) < 0.005
+
+
+def test_tf32_is_fp32_on_the_cpu(classifier: ImageClassifier) -> None:
+    pixels, labels = _pixels(4, seed=3), torch.arange(4)
+    explainers = [create_explainer("generic_attention")]
+    fp32 = explain_batch(classifier, pixels, labels, explainers)
+    tf32 = explain_batch(classifier, pixels, labels, explainers, precision="tf32")
+    assert torch.equal(fp32[1], tf32[1]) and torch.get_float32_matmul_precision() == "highest"
 
 
 def test_unknown_precision(classifier: ImageClassifier) -> None:

@@ -56,7 +56,8 @@ def test_step_loss_is_the_symmetric_clip_loss(tiny_adapter, mask_same_class: boo
     pixels = _pixels(len(labels))
     encoder = _PairEncoder(tiny_adapter, PROMPTS, temperature=0.07)
     with torch.no_grad():
-        loss, logits, out_labels = flcp_step(encoder, [pixels, torch.tensor(labels)], mask_same_class)
+        loss, logits, out_labels = flcp_step(encoder, [pixels, torch.tensor(labels)], len(PROMPTS) + 1,
+                                             mask_same_class)
         image = tiny_adapter.encode_image(pixels)
         text = tiny_adapter.encode_text([PROMPTS[i] for i in labels])
         classes = tiny_adapter.encode_text(PROMPTS)
@@ -64,10 +65,23 @@ def test_step_loss_is_the_symmetric_clip_loss(tiny_adapter, mask_same_class: boo
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     other = _hand_loss(image, text, labels, 0.07, not mask_same_class)
     assert abs(float(other) - float(expected)) > 1e-3  # the batch repeats classes: masking matters
-    # The logged accuracy's logits: every image against all class prompts.
-    torch.testing.assert_close(logits, F.normalize(image, dim=-1) @ F.normalize(classes, dim=-1).T / 0.07,
+    # The logged accuracy's logits: every image against the prompts of the classes in the batch (here the
+    # four of PROMPTS), -inf for a class without a prompt in the batch (the fifth).
+    torch.testing.assert_close(logits[:, :4], F.normalize(image, dim=-1) @ F.normalize(classes, dim=-1).T / 0.07,
                                atol=1e-5, rtol=0)
+    assert torch.isneginf(logits[:, 4]).all()
     assert out_labels.tolist() == labels
+
+
+def test_step_embeds_only_the_batch_prompts(tiny_adapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The logged accuracy costs no text-tower pass over every class prompt (1,000 on ImageNet)."""
+    encoded: list[int] = []
+    real = tiny_adapter.encode_text
+    monkeypatch.setattr(tiny_adapter, "encode_text", lambda prompts: (encoded.append(len(prompts)), real(prompts))[1])
+    labels = torch.tensor([0, 1, 0])
+    with torch.no_grad():
+        flcp_step(_PairEncoder(tiny_adapter, PROMPTS, temperature=0.07), [_pixels(3), labels], len(PROMPTS))
+    assert encoded == [3]
 
 
 def test_mask_without_repeated_classes_changes_nothing() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from rationality.errors import ConfigError, DataError
 from tests.fixture_trees_imagenet import CLASS_NAMES, WNIDS, planted_images, write_imagenet_c, write_imagenet_val
 
 SMALL = {"expect_classes": 5}
-CORRUPTIONS = ("gaussian_noise", "fog")
+CORRUPTIONS = ("gaussian_noise", "fog", "speckle_noise")  # one of the extra corruptions too
 SEVERITIES = (1, 4)
 
 
@@ -152,9 +151,9 @@ def test_class_count_and_layout_errors(val_copy: Path, tmp_path: Path) -> None:
         create_dataset("imagenet", val_copy, **SMALL, images="ILSVRC/Data/CLS-LOC/val")
     with pytest.raises(DataError, match="no split 'test'.*set test_split: val"):
         create_dataset("imagenet", val_copy, **SMALL).samples("test")
-    with pytest.raises(ConfigError, match="unknown imagenet reader options"):
+    with pytest.raises(ConfigError, match="box: unknown key; allowed: bounds_tolerance, boxes"):
         create_dataset("imagenet", val_copy, **SMALL, box="x")
-    with pytest.raises(ConfigError, match="pre_crop must be"):
+    with pytest.raises(ConfigError, match="pre_crop: must be a list or null, got 256"):
         create_dataset("imagenet", val_copy, **SMALL, pre_crop=256)
     (val_copy / "val" / "n99999999").mkdir()
     with pytest.raises(DataError, match="n99999999: class folder is not a synset"):
@@ -201,16 +200,9 @@ def test_imagenet_c_from_disk_matches_on_the_fly_corruption(val_root: Path, imag
             assert [(s.id, s.label) for s in disk_samples] == [(s.id, s.label) for s in fly_samples]
             for on_disk, on_the_fly in zip(disk_samples, fly_samples):
                 assert np.array_equal(disk.load_mask(on_disk), fly.load_mask(on_the_fly))
-                # The files are the on-the-fly images saved as JPEG (quality 85, as ImageNet-C).
-                assert np.array_equal(np.asarray(disk.load_image(on_disk)),
-                                      np.asarray(_jpeg_round_trip(fly.load_image(on_the_fly), quality=85)))
-
-
-def _jpeg_round_trip(image: Image.Image, quality: int) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
+                # The files are the on-the-fly images saved as JPEG (quality 85, as ImageNet-C): the
+                # corrupted reader's default JPEG step gives the same pixels.
+                assert np.array_equal(np.asarray(disk.load_image(on_disk)), np.asarray(fly.load_image(on_the_fly)))
 
 
 def test_imagenet_c_errors(val_root: Path, imagenet_c_root: Path, tmp_path: Path) -> None:
@@ -220,9 +212,9 @@ def test_imagenet_c_errors(val_root: Path, imagenet_c_root: Path, tmp_path: Path
         create_dataset("imagenet_c", imagenet_c_root, corruption="fog", severity=2, val_root=str(val_root), **SMALL)
     with pytest.raises(ConfigError, match="severity must be an integer in 1..5"):
         create_dataset("imagenet_c", imagenet_c_root, corruption="fog", severity=0, val_root=str(val_root), **SMALL)
-    with pytest.raises(ConfigError, match=r"needs options \['val_root'\]"):
+    with pytest.raises(ConfigError, match="val_root: missing"):
         create_dataset("imagenet_c", imagenet_c_root, corruption="fog", severity=1, **SMALL)
-    with pytest.raises(ConfigError, match="unknown imagenet_c reader options"):
+    with pytest.raises(ConfigError, match="pre_crop: unknown key"):
         _imagenet_c(imagenet_c_root, val_root, pre_crop=[256, 224])
 
     root = Path(shutil.copytree(imagenet_c_root, tmp_path / "c"))

@@ -108,6 +108,27 @@ def test_method_trains(kind: str, tmp_path: Path, tiny_model_spec: dict, synthet
     assert logits.shape == (len(labels), 4) and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("kind", list_methods())
+def test_images_are_decoded_by_the_configured_workers(kind: str, tmp_path: Path, tiny_model_spec: dict,
+                                                      synthetic_spec: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every loader over images (feature extraction of LP, CoOp, Tip-Adapter-F; training of FT, FLCP) uses
+    ``num_workers`` processes; loaders over embeddings already in memory use none."""
+    loaders: list[tuple[str, int]] = []
+    real_init = torch.utils.data.DataLoader.__init__
+
+    def recording_init(self, dataset, *args, **kwargs):
+        real_init(self, dataset, *args, **kwargs)
+        loaders.append((type(dataset).__name__, self.num_workers))
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", recording_init)
+    spec = method_spec(kind, **({"epochs": 1} if "epochs" in METHOD_OVERRIDES[kind] else {}))
+    train_checkpoint(dict(tiny_model_spec), dict(synthetic_spec), spec, "train", tmp_path, device="cpu", num_workers=2)
+    image_loaders = [workers for dataset, workers in loaders if dataset == "ImageDataset"]
+    assert image_loaders or kind == "zero_shot"
+    assert set(image_loaders) <= {2}
+    assert {workers for dataset, workers in loaders if dataset == "TensorDataset"} <= {0}
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory: pytest.TempPathFactory, tiny_model_spec: dict,
                demo_pretrained: Path) -> tuple[dict, dict]:

@@ -23,6 +23,8 @@ CORRECT = np.array([True, True, True, False, False, True, False, True])
     ("invalid", (3, 2, 1, 2), 3 / 5, 3 / 4, 0),
     ("valid", (4, 1, 2, 1), 4 / 5, 4 / 6, 0),
     ("exclude", (3, 1, 1, 1), 3 / 4, 3 / 4, 2),
+    # the official code: sample 5's empty mask is an RMA of 0 (RW), sample 6's NaN counts as valid (WR)
+    ("paper_code", (3, 2, 2, 1), 3 / 5, 3 / 5, 0),
 ])
 def test_undefined_policy_counts(policy: str, quadrants: tuple, pt: float, ir: float, excluded: int) -> None:
     m = rationality_metrics(RMA, EDGE, CORRECT, threshold=0.5, undefined=policy)
@@ -45,8 +47,9 @@ def test_threshold_boundary_counts_valid(value: float) -> None:
     correct = np.array([True])
     at = rationality_metrics(rma, edge, correct, threshold=value)
     assert (at.rr, at.rw) == (1, 0)
-    above = rationality_metrics(rma, edge, correct, threshold=float(np.nextafter(np.float32(value), np.float32(2))))
-    assert (above.rr, above.rw) == (0, 1)
+    if value < 1.0:  # no threshold lies above 1
+        above = rationality_metrics(rma, edge, correct, threshold=float(np.nextafter(np.float32(value), np.float32(2))))
+        assert (above.rr, above.rw) == (0, 1)
 
 
 def test_threshold_moves_samples_between_quadrants() -> None:
@@ -120,7 +123,10 @@ def _reference_outcome(rma: float, edge: int, correct: bool, threshold: float, p
     if edge != EdgeCase.OK:
         if policy == "exclude":
             return "EXCLUDED_RIGHT" if correct else "EXCLUDED_WRONG"
-        valid = policy == "valid"
+        if policy == "paper_code":
+            valid = edge != EdgeCase.EMPTY_MASK or 0.0 >= threshold
+        else:
+            valid = policy == "valid"
     else:
         valid = rma >= np.float32(threshold)
     return ("R" if correct else "W") + ("R" if valid else "W")
@@ -131,7 +137,8 @@ def _reference_outcome(rma: float, edge: int, correct: bool, threshold: float, p
 def test_outcome_codes_equal_a_per_sample_reference(policy: str, threshold: float) -> None:
     rng = np.random.default_rng(3)
     rma = np.round(rng.uniform(0, 1, 200), 1).astype(np.float32)  # many values exactly at a threshold
-    edge = np.where(rng.uniform(size=200) < 0.2, EdgeCase.ZERO_SUM_HEATMAP, EdgeCase.OK).astype(np.int8)
+    edge = rng.choice([EdgeCase.OK, EdgeCase.EMPTY_MASK, EdgeCase.ZERO_SUM_HEATMAP], p=[0.8, 0.1, 0.1], size=200)
+    edge = edge.astype(np.int8)
     rma[edge != EdgeCase.OK] = np.nan
     correct = rng.uniform(size=200) < 0.6
     codes = outcome_codes(rma, edge, correct, threshold, policy)
@@ -145,3 +152,52 @@ def test_outcome_codes_broadcast_correct_over_columns() -> None:
     rma = np.array([[0.9, 0.1], [0.9, 0.1]], dtype=np.float32)  # [sample, column]
     codes = outcome_codes(rma, np.zeros((2, 2), np.int8), np.array([True, False]), 0.5)
     np.testing.assert_array_equal(codes, [[Outcome.RR, Outcome.RW], [Outcome.WR, Outcome.WW]])
+
+
+def _official_code_valid(heatmap: np.ndarray, mask: np.ndarray, threshold: float, minmax: bool) -> bool:
+    """Validity as the paper's official code decides it, in float arithmetic: upsample, optionally
+    min-max normalise (0 / 0 gives NaN), RMA = sum(H * M) / sum(H), invalid only if RMA < threshold
+    (so NaN passes)."""
+    import torch
+
+    up = torch.nn.functional.interpolate(torch.tensor(heatmap, dtype=torch.float64)[None, None], size=mask.shape,
+                                         mode="bilinear", align_corners=False)[0, 0].numpy()
+    if np.isfinite(heatmap).all() and np.ptp(heatmap) == 0:  # in exact arithmetic a constant map upsamples to itself (torch leaves ulps)
+        up = np.full(mask.shape, heatmap.flat[0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if minmax:
+            up = (up - up.min()) / (up.max() - up.min())
+        rma = (up * mask).sum() / up.sum()
+    return not rma < threshold
+
+
+@pytest.mark.parametrize("minmax", [True, False], ids=["minmax", "none"])
+def test_paper_code_policy_reproduces_the_official_code_on_edge_cases(minmax: bool) -> None:
+    from rationality.scoring.rma import MaskProjector, relevance_mass_accuracy
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((28, 28), dtype=bool)
+    mask[4:20, 6:22] = True
+    empty = np.zeros_like(mask)
+    peaked = rng.random((4, 4))
+    cases = [(peaked, mask), (np.full((4, 4), 0.5), mask), (np.zeros((4, 4)), mask),
+             (np.where(np.eye(4, dtype=bool), np.nan, peaked), mask), (np.full((4, 4), np.inf), mask),
+             (peaked, empty), (1.0 - peaked, mask)]
+    projector = MaskProjector(frame=(28, 28), grid=(4, 4))
+    heatmaps = np.stack([h for h, _ in cases])
+    masks = np.stack([m for _, m in cases])
+    rma, edge = relevance_mass_accuracy(heatmaps, projector.project(masks), masks.sum(axis=(1, 2)), projector,
+                                        "minmax" if minmax else "none")
+    assert (edge != EdgeCase.OK).sum() == (5 if minmax else 4)  # constant (minmax), zero, NaN, inf, empty
+    correct = np.ones(len(cases), dtype=bool)
+    for threshold in (0.0, 0.3, 0.5, 0.9):
+        codes = outcome_codes(rma, edge, correct, threshold, "paper_code")
+        expected = [_official_code_valid(h, m, threshold, minmax) for h, m in cases]
+        assert [code == Outcome.RR for code in codes] == expected, threshold
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), -0.1, 1.5])
+def test_a_threshold_outside_zero_one_is_refused(threshold: float) -> None:
+    """NaN once counted every sample as invalid evidence (PT 0) without a word."""
+    with pytest.raises(ValueError, match="threshold must be a finite number in \\[0, 1\\]"):
+        rationality_metrics(np.array([0.7]), np.array([0]), np.array([True]), threshold)

@@ -92,7 +92,7 @@ def test_cache_store(cache_store: Path, checkpoint: Path, synthetic_spec: dict) 
     assert attrs[schema.ATTR_PAPER_START_LAYER] == 3  # prompt-based: the last block
     assert schema.json_attr(cache, schema.ATTR_GEOMETRY) == {"resize": 64, "crop": 64}
     config = schema.json_attr(cache, schema.ATTR_CONFIG)
-    assert config["explainers"] == EXPLAINERS and config["batch_size"] == 5 and config["split"] == "test"
+    assert config["explainers"] == EXPLAINERS and config["precision"] == "fp32" and config["split"] == "test"
     assert config["model"]["name"] == "rationality-tiny-vit" and config["method"]["kind"] == "zero_shot"
     assert config["dataset"] == synthetic_spec
 
@@ -149,7 +149,7 @@ def test_interrupted_inference_resumes(cache_store: Path, tmp_path: Path, synthe
         return real(*args)
 
     out = tmp_path / "cache.zarr"
-    kwargs = dict(explainers=EXPLAINERS, batch_size=5, device="cpu", model_name="tiny", method_name="zs")
+    kwargs = dict(explainers=EXPLAINERS, batch_size=5, chunk_size=5, device="cpu", model_name="tiny", method_name="zs")
     monkeypatch.setattr(infer, "explain_batch", dies_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
         run_inference(checkpoint, synthetic_spec, "test", out, **kwargs)
@@ -157,7 +157,7 @@ def test_interrupted_inference_resumes(cache_store: Path, tmp_path: Path, synthe
     calls.clear()
     monkeypatch.setattr(infer, "explain_batch", lambda *args: (calls.append(len(args[1])), real(*args))[1])
     run_inference(checkpoint, synthetic_spec, "test", out, **kwargs)
-    assert calls == [5, 2]  # batch 0 was kept; batches 1 and 2 were computed
+    assert calls == [5, 2]  # chunk 0 was kept; chunks 1 and 2 were computed
     resumed = schema.open_store(str(out), schema.StoreKind.CACHE)
     reference = schema.open_store(str(cache_store), schema.StoreKind.CACHE)
     for name in (schema.HEATMAP, schema.LOGITS, schema.LABEL):

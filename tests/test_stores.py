@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 from rationality import schema
 from rationality.errors import StoreError
@@ -87,7 +92,8 @@ def test_unfinished_store_cannot_be_opened(tmp_path: Path) -> None:
     writer = BatchedStoreWriter(path, _template(mock), BATCH, fingerprint="a")
     _write_batch(writer, mock, 0)
     assert not path.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.zarr.partial", "cache.zarr.partial.progress.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.zarr.lock", "cache.zarr.partial",
+                                                          "cache.zarr.partial.progress.json"]
     with pytest.raises(StoreError, match="unfinished") as caught:
         schema.open_store(str(path), schema.StoreKind.CACHE)
     assert str(partial_path(path)) in str(caught.value)
@@ -156,6 +162,69 @@ def test_other_batch_size_starts_over(tmp_path: Path) -> None:
     path = tmp_path / "cache.zarr"
     _write_batch(BatchedStoreWriter(path, _template(mock), BATCH, fingerprint="job"), mock, 0)
     assert BatchedStoreWriter(path, _template(mock), 2, fingerprint="job").pending_batches == [0, 1, 2, 3]
+
+
+def test_a_second_writer_fails_at_once(tmp_path: Path) -> None:
+    """Two writers of one store used to both run: the store was published without attributes, with NaN logits."""
+    mock = schema.mock_cache(**MOCK)
+    path = tmp_path / "cache.zarr"
+    first = BatchedStoreWriter(path, _template(mock), BATCH, fingerprint="a")
+    with pytest.raises(StoreError, match=rf"another process \(pid {os.getpid()}\) is writing this store"):
+        BatchedStoreWriter(path, _template(mock), BATCH, fingerprint="a")
+    with pytest.raises(StoreError, match="another process"):
+        write_dataset(mock, path)
+    for batch in first.pending_batches:  # the first writer is unharmed
+        _write_batch(first, mock, batch)
+    xr.testing.assert_identical(xr.open_zarr(first.finish(), consolidated=False).load(), mock)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.zarr"]  # the lock file is gone too
+    BatchedStoreWriter(path, _template(mock), BATCH, fingerprint="a").close()  # free again
+
+
+def test_a_killed_writer_releases_its_lock(tmp_path: Path) -> None:
+    path = tmp_path / "cache.zarr"
+    code = ("import sys, time; from pathlib import Path; from rationality.store import store_lock\n"
+            "with store_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreError, match=rf"pid {holder.pid}\)"):
+            write_dataset(schema.mock_cache(**MOCK), path)
+    finally:
+        holder.kill()
+        holder.wait()
+    write_dataset(schema.mock_cache(**MOCK), path)  # the kernel released the lock of the killed process
+
+
+def test_an_incomplete_store_is_not_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk that was never written (here: a write skipped) stops the store at its partial path."""
+    mock = schema.mock_cache(**MOCK)
+    path = tmp_path / "cache.zarr"
+    writer = BatchedStoreWriter(path, _template(mock), BATCH, fingerprint="a")
+    for batch in writer.pending_batches:
+        _write_batch(writer, mock, batch)
+    shutil.rmtree(partial_path(path) / schema.HEATMAP / "c" / "1")  # batch 1's heatmap chunk
+    with pytest.raises(StoreError, match=r"chunks were never written: heatmap \(1 of its chunks\)"):
+        writer.finish()
+    assert not path.exists() and partial_path(path).exists()
+
+
+def test_a_store_without_its_attributes_is_not_published(tmp_path: Path) -> None:
+    mock = schema.mock_cache(**MOCK)
+    del mock.attrs[schema.ATTR_CHECKPOINT_SHA256]
+    with pytest.raises(StoreError, match="attribute 'checkpoint_sha256' is missing"):
+        write_dataset(mock, tmp_path / "cache.zarr")
+    assert not (tmp_path / "cache.zarr").exists()
+
+
+@pytest.mark.parametrize(("version", "age"), [(schema.SCHEMA_VERSION + 1, "a newer"), (1, "an older")])
+def test_another_schema_version_is_refused(tmp_path: Path, version: int, age: str) -> None:
+    path = write_dataset(schema.mock_cache(**MOCK), tmp_path / "cache.zarr")
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs[schema.ATTR_SCHEMA_VERSION] = version
+    zarr.consolidate_metadata(str(path))
+    with pytest.raises(StoreError, match=rf"schema version {version}, this rationality reads version "
+                                         rf"{schema.SCHEMA_VERSION}: written by {age} rationality"):
+        schema.open_store(str(path), schema.StoreKind.CACHE)
 
 
 def test_write_checks_the_batch(tmp_path: Path) -> None:

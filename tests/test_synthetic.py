@@ -83,6 +83,11 @@ def test_generation_is_deterministic(dataset_root: Path, tmp_path: Path) -> None
     assert all(other[name] != same[name] for name in same if name.startswith("images/"))
 
 
+def test_worker_processes_write_the_same_files(dataset_root: Path, tmp_path: Path) -> None:
+    generate_synthetic_dataset(tmp_path / "parallel", samples_per_class=COUNTS, image_size=SIZE, seed=0, workers=2)
+    assert _file_bytes(tmp_path / "parallel") == _file_bytes(dataset_root)
+
+
 def test_background_bias_tints_only_training_images(tmp_path: Path) -> None:
     biased = tmp_path / "biased"
     generate_synthetic_dataset(biased, samples_per_class=COUNTS, image_size=SIZE, background_bias=1.0)

@@ -120,9 +120,10 @@ def tip_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_model_spec: di
                             device="cpu")
 
 
-def test_training_changes_only_the_keys(tip_checkpoint: Path, synthetic_spec: dict, tiny_adapter) -> None:
+def test_training_changes_only_the_keys(tip_checkpoint: Path, synthetic_spec: dict, tiny_adapter,
+                                       tmp_path: Path) -> None:
     train = _dataset(synthetic_spec, "train", tiny_adapter)
-    features, labels = image_embeddings(tiny_adapter, train, 8, torch.device("cpu"))
+    features, labels = image_embeddings(tiny_adapter, train, 8, Run(tmp_path))
     method = create_method(dict(TIP_ADAPTER))
     initial = TipAdapterHead.from_cache(PromptHead.from_prompts(tiny_adapter, method.prompts(train.reader.class_names)),
                                         features, labels, method.alpha, method.beta)

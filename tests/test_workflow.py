@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,18 +27,25 @@ def tiny_config() -> dict:
     config["synthetic"]["demo"]["image_size"] = [48, 40]
     config["methods"]["lp"]["epochs"] = 2
     config["methods"]["ft"]["epochs"] = 1
-    config["runs"]["methods"] = ["zs", "lp", "ft"]  # the other methods have tests of their own
+    # the other methods and the SigLIP-style model have tests of their own
+    config["runs"] = {"models": ["tiny-vit"], "datasets": ["demo"], "methods": ["zs", "lp", "ft"]}
     config["ood"]["demo-c"].update(corruptions=["fog"], severities=[3])
     return config
 
 
-def snakemake(workdir: Path, *args: str, configfile: str = "config.yaml",
+def snakemake(workdir: Path, *args: str, configfile: str | tuple[str, ...] = "config.yaml",
               config: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run Snakemake on the repository's workflow in ``workdir`` (options that take lists go last)."""
+    """Run Snakemake on the repository's workflow in ``workdir`` (options that take lists go last).
+
+    Args:
+        configfile: config file(s) in ``workdir`` given with --configfile, several merged in order; ``()``
+            for none (the demo).
+    """
+    configfiles = [str(workdir / name) for name in ((configfile,) if isinstance(configfile, str) else configfile)]
     env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
         [str(SNAKEMAKE), *args, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-         "--configfile", str(workdir / configfile), *(("--config", *config) if config else ())],
+         *(("--configfile", *configfiles) if configfiles else ()), *(("--config", *config) if config else ())],
         capture_output=True, text=True, env=env, timeout=900)
 
 
@@ -106,10 +114,11 @@ def test_demo_tables_figures_and_report(finished_report: Path) -> None:
     results = finished_report / "results"
     paper = pd.read_csv(results / "tables" / "paper.csv")
     assert set(paper.metric) == {"accuracy", "pt", "ir"} and set(paper.method) == {"zs", "lp", "ft"}
-    assert "### tiny-vit: accuracy" in (results / "tables" / "paper.md").read_text()
+    assert "### accuracy" in (results / "tables" / "paper.md").read_text()
     assert (results / "tables" / "paper.tex").read_text().count(r"\begin{table}") == 1 + 2 * 2 * 3
     ood = pd.read_csv(results / "tables" / "ood.csv")
-    assert set(zip(ood.corruption, ood.severity)) == {("fog", 3)} and set(ood.method) == {"zs", "lp", "ft"}
+    # severity 0 is the set's clean images in its own frame (corruption "none")
+    assert set(zip(ood.corruption, ood.severity)) == {("none", 0), ("fog", 3)} and set(ood.method) == {"zs", "lp", "ft"}
     bootstrap = pd.read_csv(results / "tables" / "bootstrap.csv")
     assert len(bootstrap) == 3 * 2 * 3 and (bootstrap.accuracy_low <= bootstrap.accuracy).all()
     figures = ["threshold_tiny-vit_demo", "start_layer_tiny-vit_demo", "gallery_tiny-vit_demo",
@@ -122,6 +131,25 @@ def test_demo_tables_figures_and_report(finished_report: Path) -> None:
     html = (results / "report.html").read_text()
     for caption in ("Prediction Trustworthiness", "Heatmaps of tiny-vit on demo", "RMA threshold 0.5"):
         assert caption in html
+
+
+def test_report_captions_describe_the_outputs_not_the_current_config(finished_report: Path) -> None:
+    """A report built after the config changed, from outputs made before, captions what the files hold."""
+    result = snakemake(finished_report, "--report", "results/report-later.html",
+                       config=("threshold=0.6", "undefined_policy=valid"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    captions = report_captions(finished_report / "results" / "report-later.html")
+    assert len(captions) == 10  # 4 tables, 6 figures
+    thresholds = [re.findall(r"threshold ([\d.]*\d)", caption) for caption in captions]
+    assert sum(map(len, thresholds)) == 9 and {value for found in thresholds for value in found} == {"0.5"}
+    assert sum("counted as invalid" in caption for caption in captions) == 8 and not any("counted as valid" in caption for caption in captions)
+    assert sum("generic_attention heatmaps" in caption for caption in captions) == 2  # the out-of-distribution figures
+
+
+def report_captions(report: Path) -> list[str]:
+    """The captions of a Snakemake HTML report, as text (JSON strings holding HTML in the report's data)."""
+    encoded = re.findall(r'"caption": ("(?:[^"\\]|\\.)*")', report.read_text())
+    return [" ".join(re.sub(r"<[^>]+>", "", json.loads(text)).split()) for text in encoded]
 
 
 def test_new_threshold_reruns_tables_and_the_figures_that_show_it(finished_report: Path) -> None:
@@ -144,7 +172,8 @@ def test_ood_figure_is_planned_from_clean_and_corrupted_scores(finished_demo: Pa
     result = snakemake(finished_demo, "-n", "results/figures/ood_tiny-vit.png", configfile="config-ood.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     jobs = planned_jobs(result.stdout + result.stderr)
-    assert jobs["ood_figure"] == 1 and jobs["score_ood"] == 3 * 2 * 2 and "score" not in jobs
+    # 3 methods x (the clean images in the set's frame + 2 corruptions x 2 severities)
+    assert jobs["ood_figure"] == 1 and jobs["score_ood"] == 3 * (1 + 2 * 2) and "score" not in jobs
 
 
 def test_new_normalization_reruns_scoring_not_the_model(finished_demo: Path) -> None:
@@ -154,6 +183,49 @@ def test_new_normalization_reruns_scoring_not_the_model(finished_demo: Path) -> 
     result = snakemake(finished_demo, "-n", "results/tables/pt_ir.csv", configfile="config-none.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     assert planned_jobs(result.stdout + result.stderr) == {"score": 3, "pt_ir_table": 1}
+
+
+def test_run_settings_and_resources_rerun_nothing(finished_demo: Path) -> None:
+    """Batch size, device, worker counts, the DDP launcher and every resource change how a job runs,
+    not what it computes: none of them re-runs a job."""
+    config = tiny_config()
+    config["infer"].update(batch_size=7, device="cpu", num_workers=1)
+    config["train"] = {"device": "cpu", "num_workers": 1, "nproc_per_node": 2}
+    config["resources"] = {stage: {"threads": 2, "mem_mb": 100, "runtime": 5} for stage in config["resources"]}
+    config["resources"]["train"]["gpu"] = config["resources"]["infer"]["gpu"] = 1
+    (finished_demo / "config-run.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(finished_demo, "-n", "results/tables/pt_ir.csv", configfile="config-run.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert planned_jobs(result.stdout + result.stderr) == {}
+
+
+def test_model_without_a_cls_token_runs_through_the_workflow(tmp_path: Path) -> None:
+    """The demo's SigLIP-style model (attention pooling), pretrained, adapted and explained by the same rules."""
+    import xarray as xr
+
+    config = tiny_config()
+    config["pretrain"]["tiny-siglip"]["epochs"] = 1
+    config["runs"] = {"models": ["tiny-siglip"], "datasets": ["demo"], "methods": ["zs", "ft"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "results/tables/pt_ir.csv")
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = pd.read_csv(tmp_path / "results" / "tables" / "pt_ir.csv")
+    assert set(table["model"]) == {"tiny-siglip"} and (table["n"] == 4 * 3).all()
+    paper = table[table["start_layer_policy"] == "paper"].groupby("method")["start_layer"].agg(set)
+    assert paper.to_dict() == {"zs": {3}, "ft": {0}}
+    cache = xr.open_zarr(tmp_path / "results" / "cache" / "tiny-siglip" / "demo" / "zs.zarr")
+    assert (cache.sizes["gy"], cache.sizes["gx"], cache.sizes["start_layer"]) == (8, 8, 4)
+    assert (cache.heatmap.values > 0).any()
+
+
+def test_a_method_the_model_cannot_run_stops_the_workflow_before_any_job(tmp_path: Path) -> None:
+    config = tiny_config()
+    config["runs"] = [config["runs"], {"models": ["tiny-siglip"], "datasets": ["demo"], "methods": ["coop"]}]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "results/tables/pt_ir.csv")
+    assert result.returncode != 0
+    assert "method 'coop' needs learned_text_context, which model 'tiny-siglip'" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_invalid_config_key_is_refused(tmp_path: Path) -> None:
@@ -191,7 +263,7 @@ def test_demo_through_the_generic_cluster_executor(tmp_path: Path) -> None:
 def test_local_runs_schedule_one_gpu_job_at_a_time(finished_demo: Path) -> None:
     """The default workflow profile caps the `gpu` resource at 1: GPU jobs never overlap, even with free cores."""
     config = tiny_config()
-    config["resources"]["gpu"] = 1
+    config["resources"]["infer"]["gpu"] = 1
     (finished_demo / "config-gpu.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(finished_demo, "results/tables/pt_ir.csv", "--forcerun", "infer", configfile="config-gpu.yaml")
     output = result.stdout + result.stderr
@@ -209,47 +281,91 @@ def test_local_runs_schedule_one_gpu_job_at_a_time(finished_demo: Path) -> None:
 
 
 def test_paper_config_plans_the_full_grid_over_fixture_trees(tmp_path: Path) -> None:
-    """config/paper.yaml with its dataset roots on small fixture trees in the real formats: the
-    datasets check passes and a dry run plans 4 models x 4 datasets x ZS/LP/FLCP/FT + CoOp and
-    Tip-Adapter-F for the two CLIP models, and every out-of-distribution run."""
-    from PIL import Image
-
+    """config/paper.yaml on fixture trees: the datasets check passes and a dry run through
+    profiles/slurm plans 4 models x 4 datasets x ZS/LP/FLCP/FT + CoOp and Tip-Adapter-F for the two
+    CLIP models, and every out-of-distribution run, each job with the resources its rule declares from
+    the config (neither the SLURM profile nor the local GPU cap changes them): with 2 processes per
+    training job, a training job asks for 2 GPUs."""
     from rationality.config import ood_runs, validate_config
-    from tests.fixture_trees import make_caltech_tree, make_cub_tree, make_stanford_dogs_tree
-    from tests.fixture_trees_imagenet import WNIDS, write_imagenet_c, write_imagenet_val
+    from tests.fixture_trees_paper import write_paper_config
 
-    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    trees = {"cub": make_cub_tree(tmp_path / "cub"), "caltech101": make_caltech_tree(tmp_path / "caltech"),
-             "stanford_dogs": make_stanford_dogs_tree(tmp_path / "dogs")}
-    for name, info in trees.items():
-        config["datasets"][name].update(root=str(info.root), options={**info.options})
-    write_imagenet_val(tmp_path / "imagenet")
-    for wnid in WNIDS:  # the training split: class folders, no boxes
-        (tmp_path / "imagenet" / "train" / wnid).mkdir(parents=True)
-        Image.new("RGB", (40, 30)).save(tmp_path / "imagenet" / "train" / wnid / f"{wnid}_1.JPEG")
-    config["datasets"]["imagenet"]["root"] = str(tmp_path / "imagenet")
-    config["datasets"]["imagenet"]["options"]["expect_classes"] = len(WNIDS)
-    write_imagenet_c(tmp_path / "imagenet", tmp_path / "imagenet-c", ("fog",), (1,))
-    config["ood"]["imagenet-c"]["root"] = str(tmp_path / "imagenet-c")
-    config["methods"]["tip_adapter_f"]["shots"] = 1  # the fixture trees hold a few images per class
-    albef = tmp_path / "ALBEF.pth"
-    albef.write_bytes(b"")  # the file's presence is all a dry run needs
-    config["models"]["albef"]["pretrained"] = str(albef)
+    config = write_paper_config(tmp_path)
+    config["train"]["nproc_per_node"] = 2
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(config))
-
     check = subprocess.run([str(SNAKEMAKE.with_name("rationality")), "datasets", "check", str(tmp_path / "paper.yaml")],
                            capture_output=True, text=True, timeout=600)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     assert "all OK" in check.stdout
 
-    result = snakemake(tmp_path, "-n", "results/tables/pt_ir.csv", *ood_targets(config), configfile="paper.yaml")
+    result = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"), configfile="paper.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     jobs = planned_jobs(result.stdout)
+    asked = {}
+    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.MULTILINE):
+        resources = dict(re.findall(r"(\w+)=([^,]+)", resources))
+        asked.setdefault(rule, set()).add(tuple(resources.get(name) for name in ("gpu", "mem_mb", "runtime")))
+    assert asked["train"] == {("2", "32000", "720")}
+    assert asked["infer"] == asked["infer_ood"] == {("1", "32000", "720")}
+    assert asked["score"] == asked["score_ood"] == {(None, "16000", "120")}
     runs = 4 * 4 * 4 + 2 * 4 * 2
     assert (jobs["train"], jobs["infer"], jobs["score"]) == (runs, runs, runs)
-    assert jobs["infer_ood"] == jobs["score_ood"] == len(ood_runs(validate_config(config))) == 3000
-    assert jobs["masks"] == 4 + 4  # the clean test splits and the four out-of-distribution sets
-    assert jobs["project_masks"] == 2 * (4 + 4)  # 7x7 (ViT-B/32) and 14x14 grids
+    assert jobs["infer_ood"] == jobs["score_ood"] == len(ood_runs(validate_config(config))) == 2 * 4 * (1 + 6 * 5)
+    assert jobs["masks"] == 4 + 1  # the clean test splits and ImageNet-C's frame
+    assert jobs["project_masks"] == 2 * (4 + 1)  # 7x7 (ViT-B/32) and 14x14 grids
+    check_ood_plan(result.stdout, full=False)
+
+
+def test_paper_ood_full_plans_every_corruption_for_every_run_on_imagenet(tmp_path: Path) -> None:
+    """The opt-in config/paper-ood-full.yaml on top of paper.yaml: 19 corruptions x 5 severities
+    (and the clean frame) for all 20 runs on ImageNet."""
+    from tests.fixture_trees_paper import write_paper_config
+
+    write_paper_config(tmp_path)
+    result = snakemake(tmp_path, "-n", configfile=("paper.yaml", str(REPO / "config" / "paper-ood-full.yaml")))
+    assert result.returncode == 0, result.stderr[-4000:]
+    check_ood_plan(result.stdout, full=True)
+
+
+def planned_outputs(dry_run_output: str, rule: str) -> list[str]:
+    """The output paths of every job of ``rule`` in a dry run's job listing."""
+    return [path for job in dry_run_output.split("\nrule ")[1:] if job.startswith(f"{rule}:")
+            for path in re.search(r"^\s+output: (.+)$", job, flags=re.MULTILINE).group(1).split(", ")]
+
+
+def planned_inputs(dry_run_output: str, rule: str) -> list[list[str]]:
+    """The input paths of each job of ``rule`` in a dry run's job listing."""
+    return [re.search(r"^\s+input: (.+)$", job, flags=re.MULTILINE).group(1).split(", ")
+            for job in dry_run_output.split("\nrule ")[1:] if job.startswith(f"{rule}:")]
+
+
+def _ood_caches(models: list[str], methods: list[str], corruptions: list[str]) -> set[str]:
+    cells = [("none", 0)] + [(c, s) for c in corruptions for s in range(1, 6)]
+    return {f"results/cache/{model}/imagenet-c/{method}/{corruption}-s{severity}.zarr"
+            for model in models for method in methods for corruption, severity in cells}
+
+
+def check_ood_plan(dry_run_output: str, full: bool) -> None:
+    """Exactly the out-of-distribution stores of the paper's Figures 4, 5 and 7 (``full``: of
+    paper-ood-full.yaml) are planned, and severity 0 of every figure is the val set in ImageNet-C's
+    256/224 frame (``none-s0``), never the main table's store."""
+    from rationality.data.corruptions import CORRUPTIONS
+
+    if full:
+        expected = _ood_caches(["clip-b32", "clip-b16", "blip", "albef"], ["zs", "lp", "flcp", "ft"], list(CORRUPTIONS))
+        expected |= _ood_caches(["clip-b32", "clip-b16"], ["coop", "tip_adapter_f"], list(CORRUPTIONS))
+        assert len(expected) == 20 * (1 + 19 * 5)
+    else:
+        expected = _ood_caches(["clip-b32", "clip-b16"], ["zs", "lp", "flcp", "ft"],
+                               ["gaussian_noise", "zoom_blur", "frost", "contrast", "jpeg_compression", "speckle_noise"])
+    assert set(planned_outputs(dry_run_output, "infer_ood")) == expected
+    assert len(planned_outputs(dry_run_output, "score_ood")) == len(expected)
+    figures = {inputs[0].split("/")[2]: inputs for inputs in planned_inputs(dry_run_output, "ood_figure")}
+    assert set(figures) == ({"clip-b32", "clip-b16", "blip", "albef"} if full else {"clip-b32", "clip-b16"})
+    b32 = figures["clip-b32"]
+    assert "results/scores/clip-b32/imagenet-c/zs/none-s0.zarr" in b32
+    assert not any(path.startswith("results/scores/clip-b32/imagenet/") for path in b32)  # not the main table's
+    masks = set(planned_outputs(dry_run_output, "masks"))
+    assert {"results/masks/imagenet-c/val-r224c224.zarr", "results/masks/imagenet/val-r224c224.zarr"} <= masks
 
 
 def ood_targets(config: dict) -> list[str]:

@@ -28,15 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from rationality.data._annotations import check_options, describe_ids, image_size
-from rationality.data.base import DatasetReader, Sample, register_dataset
+from rationality.data._annotations import describe_ids, image_size
+from rationality.data.base import PATH_OPTION, DatasetReader, Sample, register_dataset
 from rationality.data.corruptions import check_severity
 from rationality.data.geometry import IMAGENET_C_PRE_CROP
 from rationality.data.imagenet import OPTIONS as VAL_OPTIONS
 from rationality.data.imagenet import SPLIT, ImageNetReader, scan_images
-from rationality.errors import ConfigError, DataError
+from rationality.errors import DataError
 
-_OWN_OPTIONS = ("corruption", "severity", "val_root")
+_OWN_OPTIONS = {"corruption": {"type": "string"}, "severity": {"type": "integer"}, "val_root": PATH_OPTION}
 
 
 @register_dataset("imagenet_c")
@@ -54,13 +54,11 @@ class ImageNetCReader(DatasetReader):
             without a corrupted one.
     """
 
+    option_schemas = {**_OWN_OPTIONS, **{name: schema for name, schema in VAL_OPTIONS.items() if name != "pre_crop"}}
+    required_options = tuple(_OWN_OPTIONS)
+
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
-        allowed = (*_OWN_OPTIONS, *(option for option in VAL_OPTIONS if option != "pre_crop"))
-        check_options(self.root, options, allowed, "imagenet_c")
-        missing = [name for name in _OWN_OPTIONS if options.get(name) is None]
-        if missing:
-            raise ConfigError(f"{self.root}: the imagenet_c reader needs options {missing}")
         self.corruption, self.severity = options["corruption"], check_severity(options["severity"], allow_clean=False)
         val_options = {key: value for key, value in options.items() if key not in _OWN_OPTIONS}
         pre = IMAGENET_C_PRE_CROP
@@ -80,6 +78,10 @@ class ImageNetCReader(DatasetReader):
         if split != SPLIT:
             raise DataError(f"{self.root}: no split {split!r}; ImageNet-C has only {SPLIT!r} (set test_split: val)")
         return [corrupted for corrupted, _ in self._samples.values()]
+
+    def source_file(self, sample: Sample) -> Path:
+        """The val image: ids, labels and masks are the val set's, the same for every corruption."""
+        return self._samples[sample.id][1].image_path
 
     def load_mask(self, sample: Sample) -> np.ndarray:
         """The val image's mask after Resize(256) + CenterCrop(224): bool [224, 224].

@@ -58,10 +58,14 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
+    dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, pin_memory: bool = False
 ) -> DataLoader:
-    """A loader over ``dataset``; with ``shuffle``, the order is fixed by ``seed``; at most ``--threads`` workers."""
+    """A loader over ``dataset``; with ``shuffle``, the order is fixed by ``seed``.
+
+    Args:
+        num_workers: decoding processes (0: the calling process), at most ``--threads``.
+        pin_memory: put batches in page-locked memory, for non-blocking copies to a GPU.
+    """
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=loader_workers(num_workers)
-    )
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=loader_workers(num_workers), pin_memory=pin_memory)

@@ -22,6 +22,7 @@ interrupted generation leaves no index behind.
 from __future__ import annotations
 
 import colorsys
+import concurrent.futures
 import csv
 import math
 import os
@@ -35,10 +36,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from rationality.data import _annotations
-from rationality.data._annotations import ListedReader, check_options, float_option
+from rationality.data._annotations import MASK_THRESHOLD_OPTION, ListedReader
 from rationality.data.base import Sample, register_dataset
 from rationality.errors import DataError
-from rationality.progress import Progress
+from rationality.progress import track
 
 CLASS_NAMES = ("disk", "square", "triangle", "cross")
 
@@ -69,6 +70,7 @@ def generate_synthetic_dataset(
     image_size: tuple[int, int] = (96, 80),
     background_bias: float = 0.0,
     seed: int = 0,
+    workers: int = 1,
 ) -> None:
     """Write the synthetic dataset into ``root`` (created if needed) in the documented layout.
 
@@ -83,6 +85,7 @@ def generate_synthetic_dataset(
         background_bias: probability in [0, 1] that a ``train`` image's background has its class's
             hue instead of a random one.
         seed: non-negative master seed.
+        workers: processes that render images (the files do not depend on it).
 
     Raises:
         ValueError: for an invalid argument.
@@ -95,23 +98,15 @@ def generate_synthetic_dataset(
     index_path.unlink(missing_ok=True)
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASS_NAMES), encoding="utf-8")
 
-    rows = []
-    progress = Progress(sum(samples_per_class.values()) * len(CLASS_NAMES), f"synthetic {root}", "images")
-    for split, count in samples_per_class.items():
-        for label, class_name in enumerate(CLASS_NAMES):
-            for index in range(count):
-                sample_id = f"{split}-{class_name}-{index:04d}"
-                rng = np.random.default_rng(
-                    np.random.SeedSequence(seed, spawn_key=(zlib.crc32(split.encode()), label, index))
-                )
-                size = image_size[::-1] if index % 3 == 2 else image_size
-                cue = split == TRAIN_SPLIT
-                image, mask = _render_sample(rng, label, size, background_bias if cue else 0.0)
-                image.save(root / "images" / f"{sample_id}.png", format="PNG")
-                mask.save(root / "masks" / f"{sample_id}.png", format="PNG")
-                rows.append([sample_id, class_name, split])
-                progress.update()
-    progress.close()
+    tasks = [(root, seed, split, label, index, image_size, background_bias if split == TRAIN_SPLIT else 0.0)
+             for split, count in samples_per_class.items()
+             for label in range(len(CLASS_NAMES)) for index in range(count)]
+    description = f"synthetic {root}"
+    if workers > 1:
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            rows = list(track(pool.map(_write_sample, tasks, chunksize=16), description, "images", total=len(tasks)))
+    else:
+        rows = [_write_sample(task) for task in track(tasks, description, "images")]
 
     partial_path = root / "samples.csv.partial"
     with partial_path.open("w", newline="", encoding="utf-8") as handle:
@@ -119,6 +114,19 @@ def generate_synthetic_dataset(
         writer.writerow(_CSV_HEADER)
         writer.writerows(rows)
     os.replace(partial_path, index_path)
+
+
+def _write_sample(task: tuple[Path, int, str, int, int, tuple[int, int], float]) -> list[str]:
+    """Render and save one sample (its own generator, keyed by seed, split, class and index); its index row."""
+    root, seed, split, label, index, image_size, background_bias = task
+    class_name = CLASS_NAMES[label]
+    sample_id = f"{split}-{class_name}-{index:04d}"
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(zlib.crc32(split.encode()), label, index)))
+    size = image_size[::-1] if index % 3 == 2 else image_size
+    image, mask = _render_sample(rng, label, size, background_bias)
+    image.save(root / "images" / f"{sample_id}.png", format="PNG")
+    mask.save(root / "masks" / f"{sample_id}.png", format="PNG")
+    return [sample_id, class_name, split]
 
 
 def _check_arguments(
@@ -294,11 +302,11 @@ class SyntheticReader(ListedReader):
     """
 
     title = "the synthetic dataset"
+    option_schemas = {"mask_threshold": MASK_THRESHOLD_OPTION}
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
-        check_options(self.root, options, ("mask_threshold",), "synthetic")
-        self.mask_threshold = float_option(options, "mask_threshold", 0.5, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+        self.mask_threshold = float(options.get("mask_threshold", 0.5))
         self._class_names = _read_class_names(self.root / "classes.txt")
         self._splits = self._read_index(self.split_source)
 

@@ -13,6 +13,13 @@ stay frozen, as DDP needs every trained parameter to receive a gradient.
 
 Under DDP the features of every process are gathered before the loss, so the negatives are the
 whole global batch and the gradients equal a single process's (tested).
+
+``contrastive_batch_size`` splits each batch into consecutive groups whose pairs are each other's
+only negatives; the loss is the mean of the groups' losses (weighted by their sizes). That is what
+the paper's code computes on ImageNet: under DDP on 4 GPUs, each GPU's loss over its own 128 pairs,
+averaged by DDP. Groups are also the unit of gradient accumulation: a micro-step holds whole groups,
+so a run on fewer GPUs computes exactly the same loss. Without groups the loss couples the whole
+global batch, which then cannot be split into micro-steps (a ConfigError names the way out).
 """
 
 from __future__ import annotations
@@ -109,28 +116,53 @@ class _PairEncoder(nn.Module):
         self.prompts = prompts
         self.temperature = temperature
 
-    def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Normalised image [B, D] and batch-prompt [B, D] features (with gradients), the normalised
-        embeddings of all class prompts [C, D] (no gradient; for the logged accuracy) and the scale."""
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised image [B, D] and batch-prompt [B, D] features (with gradients) and the scale."""
         image = F.normalize(self.adapter.encode_image(pixels), dim=-1)
         text = F.normalize(self.adapter.encode_text([self.prompts[i] for i in labels.tolist()]), dim=-1)
-        with torch.no_grad():
-            classes = F.normalize(self.adapter.encode_text(self.prompts), dim=-1)
         if self.temperature is None:
             scale = self.adapter.logit_scale()
         else:
             scale = torch.tensor(1.0 / self.temperature, device=image.device)
-        return image, text, classes, scale
+        return image, text, scale
 
 
-def flcp_step(module: nn.Module, batch: list[torch.Tensor],
-              mask_same_class: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CLIP loss over the (global) batch; logits [B, C] over all class prompts for the logged accuracy."""
+def grouped_clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor,
+                      group_size: int | None, mask_same_class: bool) -> torch.Tensor:
+    """:func:`clip_loss` of consecutive groups of ``group_size`` pairs (None: one group), averaged with
+    weights group size / N.
+
+    Args:
+        image, text: normalised features [N, D] of the pairs, in batch order.
+        scale: the logit scale (scalar).
+        labels: [N] class labels (for ``mask_same_class``).
+    """
+    size = len(image) if group_size is None else group_size
+    loss = image.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(image), size):
+        part = slice(start, start + size)
+        logits = (scale * image[part] @ text[part].T).float()
+        loss = loss + clip_loss(logits, labels[part] if mask_same_class else None) * (len(logits) / len(image))
+    return loss
+
+
+def flcp_step(module: nn.Module, batch: list[torch.Tensor], num_classes: int, mask_same_class: bool = False,
+              group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CLIP loss over the micro-step's pairs of every process, in groups of ``group_size`` (see
+    :func:`grouped_clip_loss`), and logits [B, C] for the logged accuracy: each image's similarity to the
+    prompts of the classes in its micro-step (-inf for the other classes)."""
     pixels, labels = batch[0], batch[1]
-    image, text, classes, scale = module(pixels, labels)
+    image, text, scale = module(pixels, labels)
     all_image, all_text, all_labels = gather_batch(image, text, labels)
-    loss = clip_loss((scale * all_image @ all_text.T).float(), all_labels if mask_same_class else None)
-    return loss, (scale * image @ classes.T).detach().float(), labels
+    loss = grouped_clip_loss(all_image, all_text, scale, all_labels, group_size, mask_same_class)
+    return loss, in_batch_class_logits((scale * image @ text.T).detach().float(), labels, num_classes), labels
+
+
+def in_batch_class_logits(similarity: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Logits [B, C] from image-prompt similarities [B, B] of a batch whose prompts have ``labels`` [B]:
+    column c holds the similarity to class c's prompt, -inf where no prompt of the batch is of class c."""
+    logits = similarity.new_full((len(similarity), num_classes), float("-inf"))
+    return logits.scatter_reduce(1, labels.expand(len(similarity), -1), similarity, reduce="amax")
 
 
 def contract_parameters(adapter: VisionLanguageAdapter, pixels: torch.Tensor, prompt: str,
@@ -174,9 +206,12 @@ class FLCP(TrainedMethod):
             ``model``: the model's logit scale (CLIP: 100 for OpenAI's weights), what the paper's
             heatmap code used (DESIGN §1); ``temperature``: 1 / temperature, the scale of the loss.
             Predictions are the same; heatmaps are not (relevance is not scale invariant).
+        contrastive_batch_size: pairs per contrastive group (each image's negatives are the other
+            texts of its group; a divisor of ``batch_size``); None: the whole global batch. The paper's
+            ImageNet runs: 128 (each GPU's own batch).
 
-    The logged accuracy is the class accuracy: each image against all class prompts embedded by the
-    current text tower (an extra forward pass of the C prompts per batch, without gradients).
+    The logged accuracy is the class accuracy among the classes of each batch: each image against the
+    prompts of its batch (no extra text-tower pass over all C prompts per step).
     """
 
     paper_start_layer = "last"
@@ -187,9 +222,14 @@ class FLCP(TrainedMethod):
     learned_scale: bool = False
     mask_same_class: bool = False
     head_scale: str = "model"
+    contrastive_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.contrastive_batch_size is not None and (
+                self.contrastive_batch_size < 1 or self.batch_size % self.contrastive_batch_size):
+            raise ConfigError(f"flcp contrastive_batch_size must divide batch_size {self.batch_size}, got "
+                              f"{self.contrastive_batch_size}")
         if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"flcp temperature must be positive, got {self.temperature}")
         if self.temperature is not None and self.learned_scale:
@@ -200,6 +240,10 @@ class FLCP(TrainedMethod):
         if self.head_scale == "temperature" and self.learned_scale:
             raise ConfigError("flcp head_scale 'temperature' needs a fixed temperature; with learned_scale the "
                               "model's scale is the trained one (head_scale: model)")
+
+    def step_unit(self) -> int | None:
+        """A micro-step must hold whole contrastive groups (the whole batch without groups)."""
+        return self.contrastive_batch_size
 
     @property
     def loss_temperature(self) -> float:
@@ -214,7 +258,12 @@ class FLCP(TrainedMethod):
         for parameter in trained:
             parameter.requires_grad_(True)
         encoder = _PairEncoder(adapter, prompts, None if self.learned_scale else self.loss_temperature).train()
-        step = functools.partial(flcp_step, mask_same_class=self.mask_same_class)
+        step = functools.partial(flcp_step, num_classes=len(class_names), mask_same_class=self.mask_same_class,
+                                 group_size=self.contrastive_batch_size)
+        if world()[0] == 0:
+            group = self.contrastive_batch_size or self.batch_size
+            print(f"FLCP: contrastive loss over groups of {group} pairs (each image's negatives: the other "
+                  f"{group - 1} texts of its group)", flush=True)
         train_epochs(encoder, step, train, self, run, "FLCP")
         adapter.requires_grad_(True).eval()
         head = PromptHead.from_prompts(adapter, prompts)

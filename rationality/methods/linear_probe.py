@@ -22,13 +22,17 @@ HEAD_INITS = ("random", "zero_shot")
 
 
 def image_embeddings(adapter: VisionLanguageAdapter, dataset: ImageDataset, batch_size: int,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings [N, D] (float32, on the CPU) and labels [N] of a dataset, in its order, tower frozen."""
+                     run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings [N, D] (float32, on the CPU) and labels [N] of a dataset, in its order, tower frozen.
+
+    Images are decoded by ``run.num_workers`` loader processes.
+    """
     features, labels = [], []
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=False, seed=0, num_workers=run.num_workers,
+                         pin_memory=run.device.type == "cuda")
     with torch.no_grad():
-        loader = make_loader(dataset, batch_size=batch_size, shuffle=False, seed=0)
         for pixels, label, _ in track(loader, "image embeddings", "batches"):
-            features.append(adapter.encode_image(pixels.to(device)).float().cpu())
+            features.append(adapter.encode_image(pixels.to(run.device, non_blocking=True)).float().cpu())
             labels.append(torch.as_tensor(label))
     return torch.cat(features), torch.cat(labels)
 
@@ -45,8 +49,8 @@ class HeadMethod(TrainedMethod):
 
     Attributes:
         head_init: ``random`` (the paper; seeded) or ``zero_shot``: weights = logit_scale x the
-            normalised prompt embeddings, bias 0, so that with ``normalize_features`` the untrained
-            head gives exactly the zero-shot logits.
+            normalised prompt embeddings, bias = the model's logit bias (0 but for SigLIP), so that
+            with ``normalize_features`` the untrained head gives exactly the zero-shot logits.
         normalize_features: L2-normalise image embeddings before the head.
     """
 
@@ -69,7 +73,7 @@ class HeadMethod(TrainedMethod):
             prompt_head = PromptHead.from_prompts(adapter, self.prompts(class_names))
             with torch.no_grad():
                 head.linear.weight.copy_(prompt_head.scale * prompt_head.class_embeddings)
-                head.linear.bias.zero_()
+                head.linear.bias.fill_(0.0 if prompt_head.bias is None else prompt_head.bias.item())
         return head.to(adapter.logit_scale().device)
 
 
@@ -81,9 +85,11 @@ class LinearProbe(HeadMethod):
     Embeddings are computed once (no augmentation), then the head is trained on them.
     """
 
+    passes_images = False  # trains on embeddings computed once
+
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
             run: Run) -> ImageClassifier:
-        features, labels = image_embeddings(adapter, train, self.batch_size, run.device)
+        features, labels = image_embeddings(adapter, train, run.forward_batch(self.batch_size), run)
         head = self.initial_head(adapter, class_names, features.shape[1], run.seed)
         train_epochs(head, classify_step, TensorDataset(features, labels), self, run, "linear probe")
         return ImageClassifier(adapter, head.eval())

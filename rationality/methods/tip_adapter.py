@@ -56,6 +56,8 @@ class TipAdapterF(TrainedMethod):
         beta: sharpness of the affinity exp(-beta * (1 - cos)) (likewise not searched).
     """
 
+    passes_images = False  # trains on embeddings computed once
+
     paper_start_layer = "last"
     trains_image_tower = False
 
@@ -69,7 +71,7 @@ class TipAdapterF(TrainedMethod):
 
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
             run: Run) -> ImageClassifier:
-        features, labels = image_embeddings(adapter, train, self.batch_size, run.device)
+        features, labels = image_embeddings(adapter, train, run.forward_batch(self.batch_size), run)
         zero_shot = PromptHead.from_prompts(adapter, self.prompts(class_names)).to(run.device)
         head = TipAdapterHead.from_cache(zero_shot, features, labels, self.alpha, self.beta)
         train_epochs(head, classify_step, TensorDataset(features, labels), self, run, "tip-adapter-f")

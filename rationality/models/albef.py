@@ -42,22 +42,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import pickle
 import re
 from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from rationality.data.geometry import Geometry
 from rationality.errors import ConfigError
+from rationality.models._released import load_released, read_state_dict
 from rationality.models._tokenizers import bert_tokenizer_from_vocab, check_tokenizer
-from rationality.models.base import ModelSpec, VisionLanguageAdapter, register_adapter, swapped_attention
+from rationality.models.base import (
+    AttentionRecording, ModelFamily, ModelSpec, VisionLanguageAdapter, register_adapter, swapped_attention,
+)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 #: ALBEF normalises images with CLIP's statistics (its dataset/__init__.py).
@@ -90,50 +90,10 @@ def released_to_ours(key: str, text_layers: int) -> str | None:
     return "text." + text["rest"]
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Resample a square position-embedding grid bicubically, keeping the CLS entry.
-
-    Args:
-        pos_embed: [1, 1 + s * s, D] (CLS first). Any other shape is returned unchanged.
-        grid: the target grid (gy, gx).
-
-    Returns:
-        [1, 1 + gy * gx, D].
-    """
-    side = math.isqrt(pos_embed.shape[1] - 1) if pos_embed.ndim == 3 and pos_embed.shape[1] > 1 else 0
-    if side == 0 or side * side != pos_embed.shape[1] - 1 or (side, side) == tuple(grid):
-        return pos_embed
-    patches = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-    patches = F.interpolate(patches, size=tuple(grid), mode="bicubic", align_corners=False)
-    return torch.cat([pos_embed[:, :1], patches.permute(0, 2, 3, 1).flatten(1, 2).to(pos_embed.dtype)], dim=1)
-
-
 def clean_caption(text: str) -> str:
     """ALBEF's ``pre_caption``: lower-case, drop ``,.'!?"()*#:;~``, ``-`` and ``/`` to spaces."""
     text = re.sub(r"[,.'!?\"()*#:;~]", "", text.lower()).replace("-", " ").replace("/", " ")
     return re.sub(r"\s+", " ", text).strip()
-
-
-def read_state_dict(path: Path, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict of a released ALBEF checkpoint (top level or under ``"model"``)."""
-    if not path.is_file():
-        raise ConfigError(f"ALBEF checkpoint {path} does not exist (the files are linked from the README of "
-                          f"github.com/salesforce/ALBEF)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not allow_unsafe_pickle:
-            raise ConfigError(
-                f"{path}: torch.load(weights_only=True) refused it ({str(exc).splitlines()[0]}). Unpickling it in "
-                f"full can run arbitrary code; if you trust its source, set options: {{allow_unsafe_pickle: true}}"
-            ) from exc
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError) as exc:
-        raise ConfigError(f"could not read ALBEF checkpoint {path}: {exc}") from exc
-    state = payload.get("model", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{path} holds no state dict (a dict of tensors, at the top level or under 'model')")
-    return state
 
 
 def read_config(name: str) -> dict:
@@ -143,12 +103,6 @@ def read_config(name: str) -> dict:
         known = sorted(p.stem for p in CONFIG_DIR.glob("*albef*.json"))
         raise ConfigError(f"unknown ALBEF model {name!r}; known: {known}")
     return json.loads(path.read_text())
-
-
-def _refuse_if(keys: list[str], path: Path, what: str, expected: str) -> None:
-    if keys:
-        raise ConfigError(f"ALBEF checkpoint {path}: {len(keys)} {what}: {', '.join(keys[:5])}"
-                          f"{', ...' if len(keys) > 5 else ''}; expected {expected}")
 
 
 def load_tokenizer(source: str) -> BertTokenizer:
@@ -201,6 +155,9 @@ class _RecordingAttention(nn.Module):
 class AlbefAdapter(VisionLanguageAdapter):
     """ALBEF's ITC towers: a timm ViT and a transformers BertModel (text layers only)."""
 
+    families = (ModelFamily("ALBEF (ITC)", "albef-vit-b-16", "a released checkpoint file (ALBEF.pth, mscoco.pth, ...)",
+                            "cls", frozenset(), "rationality-tiny-albef"),)
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         unknown = sorted(set(spec.options) - set(OPTIONS))
@@ -242,23 +199,11 @@ class AlbefAdapter(VisionLanguageAdapter):
         Raises:
             ConfigError: naming the file and the first keys that are unexpected, missing or misshapen.
         """
-        released = read_state_dict(path, allow_unsafe_pickle)
-        ours = self.state_dict()
-        mapped: dict[str, tuple[str, torch.Tensor]] = {}  # our key -> (released key, tensor)
-        for key, tensor in released.items():
-            our_key = released_to_ours(key, self.text.config.num_hidden_layers)
-            if our_key is not None:
-                mapped[our_key] = (key, tensor)
-        _refuse_if([src for k, (src, _) in mapped.items() if k not in ours], path, "unexpected keys",
-                   "ALBEF pretraining or retrieval keys only")
-        _refuse_if([k for k in ours if k not in mapped], path, "missing weights (our names)",
-                   "vision.vit.* <- visual_encoder.*, vision.proj.* <- vision_proj.*, text.* <- text_encoder.[bert.]*")
-        source, pos_embed = mapped["vision.vit.pos_embed"]
-        mapped["vision.vit.pos_embed"] = (source, interpolate_pos_embed(pos_embed, self.grid))
-        misshapen = [f"{src} {tuple(t.shape)} (ours {tuple(ours[k].shape)})"
-                     for k, (src, t) in mapped.items() if t.shape != ours[k].shape]
-        _refuse_if(misshapen, path, "keys of the wrong shape", f"the shapes of {self.spec.name!r}")
-        self.load_state_dict({k: t for k, (_, t) in mapped.items()})
+        released = read_state_dict(path, "ALBEF", "the files are linked from the README of github.com/salesforce/ALBEF",
+                                   allow_unsafe_pickle)
+        load_released(self, released, path, "ALBEF", partial(released_to_ours, text_layers=self.text.config.num_hidden_layers),
+                      "vision.vit.pos_embed", self.grid,
+                      "vision.vit.* <- visual_encoder.*, vision.proj.* <- vision_proj.*, text.* <- text_encoder.[bert.]*")
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """ALBEF's text input: ``[CLS]`` + WordPiece tokens of the cleaned caption, no ``[SEP]``.
@@ -293,5 +238,5 @@ class AlbefAdapter(VisionLanguageAdapter):
     def image_tower(self) -> nn.Module:
         return self.vision
 
-    def recording_attention(self) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
+    def recording_attention(self) -> contextlib.AbstractContextManager[AttentionRecording]:
         return swapped_attention(self._blocks, _RecordingAttention)

@@ -26,6 +26,7 @@ import pandas as pd
 
 from rationality import schema
 from rationality.progress import track
+from rationality.report.made_with import scoring_normalization
 from rationality.report.tables import START_LAYER_POLICIES, open_scores, policy_start_layer, row_key
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, Outcome, UndefinedPolicy, outcome_codes, rationality_metrics
 
@@ -118,7 +119,7 @@ def bootstrap_table(score_paths: Sequence[str | Path], threshold: float = DEFAUL
     One row per (store, explainer, start-layer policy), keyed like
     :func:`~rationality.report.tables.rationality_table`; columns ``<statistic>``, ``<statistic>_low``,
     ``<statistic>_high`` for each of :data:`STATISTICS`, then ``n``, ``confidence``, ``resamples``,
-    ``seed``, ``threshold``, ``undefined_policy``.
+    ``seed``, ``threshold``, ``undefined_policy``, ``normalization``.
 
     Raises:
         StoreError: a store is missing or invalid, or stores were scored with different options.
@@ -140,5 +141,5 @@ def bootstrap_table(score_paths: Sequence[str | Path], threshold: float = DEFAUL
                 intervals.update({name: point[name], f"{name}_low": low[k, s], f"{name}_high": high[k, s]})
             rows.append({**row_key(scores, explainer, policy), **intervals, "n": len(correct),
                          "confidence": confidence, "resamples": resamples, "seed": seed, "threshold": threshold,
-                         "undefined_policy": undefined})
+                         "undefined_policy": undefined, "normalization": scoring_normalization(scores)})
     return pd.DataFrame(rows)

@@ -1,9 +1,10 @@
 """Accuracy, PT and IR against corruption severity, like the paper's Figure 4.
 
 Corruption and severity are read from each scores store's attributes (``corruption``, ``severity``),
-never from paths. Severity 0 is the clean store of the same model and method whose samples are the
-out-of-distribution set's (an out-of-distribution set keeps its clean dataset's sample ids, so the
-clean counterpart is found by its ids, not by names or paths).
+never from paths. Severity 0 is, for each model and method, the set's own clean store (severity 0
+with the set's name as its dataset: the workflow's ``none-s0``, in the set's frame, e.g. ImageNet-C's
+256/224 crop); without one, the clean store whose samples are the set's (an out-of-distribution
+set keeps its clean dataset's sample ids, so that counterpart is found by its ids, not by paths).
 
 Layout of :func:`ood_figure`: one row of three panels (accuracy, PT, IR) per (model,
 out-of-distribution set); x is the severity 0-5, one line per method with the metric averaged over
@@ -26,7 +27,8 @@ from rationality.errors import StoreError
 from rationality.report.figures import (
     empty_figure, method_colors, method_legend, panel_figure, ratio_axes, save_figure,
 )
-from rationality.report.tables import METRIC_LABELS, open_scores, policy_start_layer
+from rationality.report.made_with import scoring_normalization
+from rationality.report.tables import METRIC_LABELS, open_scores, policy_start_layer, store_explainer
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
 
 OOD_METRICS = ("accuracy", "pt", "ir")
@@ -35,7 +37,7 @@ OOD_COLUMNS = ["model", "ood_set", "clean_dataset", "corruption", "method", "sev
 
 def _metrics(scores: xr.Dataset, explainer: str | None, policy: str, threshold: float,
              undefined: UndefinedPolicy) -> dict[str, float]:
-    explainer = explainer or str(scores.coords[schema.EXPLAINER].values[0])
+    explainer = store_explainer(scores, explainer)
     layer = policy_start_layer(policy, scores)
     column = {schema.EXPLAINER: explainer, schema.START_LAYER: layer}
     metrics = rationality_metrics(scores[schema.RMA].sel(column).values, scores[schema.EDGE_CASE].sel(column).values,
@@ -57,17 +59,22 @@ def ood_table(stores: Sequence[xr.Dataset], explainer: str | None = None, policy
         policy: start-layer policy (see :mod:`rationality.report.tables`).
 
     Returns:
-        Columns :data:`OOD_COLUMNS`; severity-0 rows repeat the clean values under every corruption
-        (NaN when no clean store matches), so that averages over corruptions include them.
+        Columns :data:`OOD_COLUMNS` (``clean_dataset``: the dataset of the severity-0 store, the set's
+        own name for its own clean store); severity-0 rows repeat the clean values under every
+        corruption (NaN when no clean store matches), so that averages over corruptions include them.
 
     Raises:
-        StoreError: if several clean stores of one model and method hold an out-of-distribution set's samples.
+        StoreError: if several clean stores of one model and method hold an out-of-distribution set's
+            samples, or a store holds no heatmaps of ``explainer``.
     """
     clean: dict[tuple[str, str, frozenset[str]], list[xr.Dataset]] = {}
+    own_clean: dict[tuple[str, str, str], xr.Dataset] = {}  # (model, method, set) -> the set's severity 0
     for scores in stores:
+        store_explainer(scores, explainer)
         if int(scores.attrs[schema.ATTR_SEVERITY]) == 0:
-            key = (scores.attrs[schema.ATTR_MODEL], scores.attrs[schema.ATTR_METHOD], _ids(scores))
-            clean.setdefault(key, []).append(scores)
+            model, method = scores.attrs[schema.ATTR_MODEL], scores.attrs[schema.ATTR_METHOD]
+            clean.setdefault((model, method, _ids(scores)), []).append(scores)
+            own_clean[(model, method, scores.attrs[schema.ATTR_DATASET])] = scores
     rows, clean_rows = [], {}
     for scores in stores:
         severity = int(scores.attrs[schema.ATTR_SEVERITY])
@@ -75,7 +82,8 @@ def ood_table(stores: Sequence[xr.Dataset], explainer: str | None = None, policy
             continue
         model, method = scores.attrs[schema.ATTR_MODEL], scores.attrs[schema.ATTR_METHOD]
         ood_set, corruption = scores.attrs[schema.ATTR_DATASET], scores.attrs[schema.ATTR_CORRUPTION]
-        matches = clean.get((model, method, _ids(scores)), [])
+        own = own_clean.get((model, method, ood_set))
+        matches = [own] if own is not None else clean.get((model, method, _ids(scores)), [])
         if len(matches) > 1:
             raise StoreError(f"clean stores of datasets {[m.attrs[schema.ATTR_DATASET] for m in matches]} all hold "
                              f"the samples of {ood_set} ({model}, {method}): pass one")
@@ -136,4 +144,7 @@ def write_ood_figure(score_paths: Sequence[str], out: str, explainer: str | None
                      threshold: float = DEFAULT_THRESHOLD, undefined: UndefinedPolicy = "invalid",
                      per_corruption: bool = False) -> None:
     """Write :func:`ood_figure` of clean and out-of-distribution scores stores to ``out``."""
-    save_figure(ood_figure(open_scores(score_paths), explainer, policy, threshold, undefined, per_corruption), out)
+    stores = open_scores(score_paths)
+    save_figure(ood_figure(stores, explainer, policy, threshold, undefined, per_corruption), out, made_with={
+        "explainer": store_explainer(stores[0], explainer), "start_layer_policy": policy, "threshold": threshold,
+        "undefined_policy": undefined, "normalization": scoring_normalization(stores[0])})

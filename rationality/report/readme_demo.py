@@ -2,13 +2,14 @@
 
     python -m rationality.report.readme_demo results/               # rewrites README.md's demo block
     python -m rationality.report.readme_demo results/ --print       # prints the block instead
+    python -m rationality.report.readme_demo results/ --model tiny-siglip --print   # another model's rows
 
 Reads ``<results>/tables/pt_ir.csv`` and ``<results>/tables/bootstrap.csv`` (both made by the demo's
 default target) and the first line of every model job's log (``<results>/logs/{pretrain,train,infer}/``,
 which names torch's version, its threads and the CPU: the demo's numbers depend on them), and
 replaces the lines between :data:`BEGIN` and :data:`END` in the README with: a sentence on how the
-numbers were made, the table of every method (accuracy, PT with its bootstrap interval, IR,
-quadrants), and the headline comparison of fine-tuning against zero-shot.
+numbers were made, the table of every method of one model (accuracy, PT with its bootstrap interval,
+IR, quadrants), and the headline comparison of fine-tuning against zero-shot.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from rationality.errors import RationalityError
 
 BEGIN = "<!-- demo-table: written by `python -m rationality.report.readme_demo results/`; do not edit -->"
 END = "<!-- /demo-table -->"
-#: The explainer and start-layer policy the README shows.
-EXPLAINER, POLICY = "generic_attention", "all_blocks"
+#: The model, explainer and start-layer policy the README shows.
+MODEL, EXPLAINER, POLICY = "tiny-vit", "generic_attention", "all_blocks"
 #: How the README names each method kind (other kinds: the config's method name).
 KIND_NAMES = {"zero_shot": "zero-shot", "linear_probe": "linear probe", "finetune": "fine-tuning", "flcp": "FLCP",
               "coop": "CoOp", "tip_adapter_f": "Tip-Adapter-F"}
@@ -41,22 +42,26 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _shown_rows(table: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """The clean rows of the README's explainer and policy, one per method, in table order."""
-    rows = table[(table.explainer == EXPLAINER) & (table.start_layer_policy == POLICY)]
+def _shown_rows(table: pd.DataFrame, path: Path, model: str) -> pd.DataFrame:
+    """The clean rows of ``model`` for the README's explainer and policy, one per method, in table order."""
+    rows = table[(table.model == model) & (table.explainer == EXPLAINER) & (table.start_layer_policy == POLICY)]
     if rows.empty:
-        raise RationalityError(f"{path}: no rows for explainer {EXPLAINER} and start-layer policy {POLICY}")
-    if rows.duplicated(["method"]).any() or rows[["model", "dataset"]].drop_duplicates().shape[0] != 1:
-        raise RationalityError(f"{path}: the README's table shows one model on one dataset; found "
-                               f"{rows[['model', 'dataset']].drop_duplicates().to_dict('records')}")
+        raise RationalityError(f"{path}: no rows for model {model}, explainer {EXPLAINER} and start-layer policy "
+                               f"{POLICY} (models in the table: {sorted(table.model.unique())})")
+    if rows.duplicated(["method"]).any() or rows.dataset.nunique() != 1:
+        raise RationalityError(f"{path}: the README's table shows one model on one dataset; found {model} on "
+                               f"{sorted(rows.dataset.unique())}")
     return rows.set_index("method")
 
 
-def job_settings(results: Path) -> list[str]:
-    """The distinct settings lines (``torch 2.14.1, 1 thread, CPU AMD EPYC (AVX2 kernels)``) of the model jobs' logs."""
+def job_settings(results: Path, model: str) -> list[str]:
+    """The distinct settings lines (``torch 2.14.1, 1 thread, CPU AMD EPYC (AVX2 kernels)``) of ``model``'s jobs'
+    logs (``logs/pretrain/<model>.log``, ``logs/{train,infer}/<model>/...``)."""
     settings = []
     for stage in MODEL_LOGS:
-        for log in sorted((results / "logs" / stage).rglob("*.log")):
+        folder = results / "logs" / stage
+        logs = folder.glob(f"{model}.log") if stage == "pretrain" else (folder / model).rglob("*.log")
+        for log in sorted(logs):
             with log.open() as handle:
                 match = _SETTINGS_LINE.match(handle.readline().rstrip("\n"))
             if match:
@@ -64,25 +69,30 @@ def job_settings(results: Path) -> list[str]:
     return list(dict.fromkeys(settings))
 
 
-def demo_block(results: str | Path) -> str:
-    """The README's demo block (Markdown, without the markers) from the demo's outputs under ``results``.
+def demo_block(results: str | Path, model: str = MODEL) -> str:
+    """The README's demo block (Markdown, without the markers) for ``model`` from the demo's outputs under ``results``.
 
     Raises:
         RationalityError: a table is missing or does not hold one model on one dataset.
     """
     results = Path(results)
     pt_ir_path, bootstrap_path = results / "tables" / "pt_ir.csv", results / "tables" / "bootstrap.csv"
-    rows = _shown_rows(_read_csv(pt_ir_path), pt_ir_path)
-    intervals = _shown_rows(_read_csv(bootstrap_path), bootstrap_path)
+    table = _read_csv(pt_ir_path)
+    rows = _shown_rows(table, pt_ir_path, model)
+    intervals = _shown_rows(_read_csv(bootstrap_path), bootstrap_path, model)
+    others = sorted(set(table.model) - {model})
     missing = sorted(set(rows.index) - set(intervals.index))
     if missing:
         raise RationalityError(f"{bootstrap_path}: no intervals for methods {missing} (re-run the demo)")
     first = rows.iloc[0]
     confidence = f"{intervals.confidence.iloc[0]:.0%}"
-    settings = job_settings(results)
-    lines = [f"What the demo reports (generic attention attribution, all blocks; {int(first.n)} test images; "
-             f"threshold {first.threshold:g}; {confidence} bootstrap intervals of {int(intervals.resamples.iloc[0]):,} "
-             f"resamples; made with {' / '.join(settings) if settings else 'settings not recorded in the logs'}):",
+    settings = job_settings(results, model)
+    lines = [f"What the demo reports for {model} (generic attention attribution, all blocks; {int(first.n)} test "
+             f"images; threshold {first.threshold:g}; {confidence} bootstrap intervals of "
+             f"{int(intervals.resamples.iloc[0]):,} resamples; made with "
+             f"{' / '.join(settings) if settings else 'settings not recorded in the logs'}"
+             + (f"; `results/tables/pt_ir.csv` has the rows of {', '.join(others)} next to these" if others else "")
+             + "):",
              "",
              f"| method | accuracy | PT | PT {confidence} interval | IR | RR | RW | WR | WW |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -129,10 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rationality.report.readme_demo", description=__doc__.splitlines()[0])
     parser.add_argument("results", help="the demo's results directory")
     parser.add_argument("--readme", default="README.md", help="the file whose demo block to rewrite")
+    parser.add_argument("--model", default=MODEL, help="the model whose rows to show (default: %(default)s)")
     parser.add_argument("--print", action="store_true", help="print the block instead of rewriting the README")
     args = parser.parse_args(argv)
     try:
-        block = demo_block(args.results)
+        block = demo_block(args.results, args.model)
         if args.print:
             print(block)
             return 0

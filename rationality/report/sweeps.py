@@ -26,6 +26,7 @@ from rationality import schema
 from rationality.report.figures import (
     method_colors, method_legend, panel_figure, ratio_axes, save_figure,
 )
+from rationality.report.made_with import scoring_normalization
 from rationality.report.tables import METRIC_LABELS, open_scores, policy_start_layer
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UNDEFINED_POLICIES, UndefinedPolicy, rationality_metrics
 
@@ -59,6 +60,11 @@ def threshold_curves(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray
     undefined_right, undefined_wrong = int(np.sum(~defined & correct)), int(np.sum(~defined & ~correct))
     if undefined == "valid":
         rr, wr = rr + undefined_right, wr + undefined_wrong
+    elif undefined == "paper_code":  # NaN RMA valid; an empty mask an RMA of 0, valid at thresholds <= 0
+        empty = np.asarray(edge_case) == schema.EdgeCase.EMPTY_MASK
+        empty_right, empty_wrong = int(np.sum(empty & correct)), int(np.sum(empty & ~correct))
+        rr = rr + undefined_right - empty_right + empty_right * (t <= 0)
+        wr = wr + undefined_wrong - empty_wrong + empty_wrong * (t <= 0)
     included_right = len(right) + (0 if undefined == "exclude" else undefined_right)  # RR + RW at any threshold
     with np.errstate(divide="ignore", invalid="ignore"):
         return rr / np.float64(included_right), rr / (rr + wr).astype(np.float64)
@@ -175,10 +181,14 @@ def start_layer_figure(stores: Sequence[xr.Dataset], threshold: float = DEFAULT_
 def write_threshold_figure(score_paths: Sequence[str], out: str, policy: str = "paper",
                            undefined: UndefinedPolicy = "invalid") -> None:
     """Write :func:`threshold_figure` of scores stores (one model and dataset) to ``out``."""
-    save_figure(threshold_figure(open_scores(score_paths), policy, undefined), out)
+    stores = open_scores(score_paths)
+    save_figure(threshold_figure(stores, policy, undefined), out, made_with={
+        "start_layer_policy": policy, "undefined_policy": undefined, "normalization": scoring_normalization(stores[0])})
 
 
 def write_start_layer_figure(score_paths: Sequence[str], out: str, threshold: float = DEFAULT_THRESHOLD,
                              undefined: UndefinedPolicy = "invalid") -> None:
     """Write :func:`start_layer_figure` of scores stores (one model and dataset) to ``out``."""
-    save_figure(start_layer_figure(open_scores(score_paths), threshold, undefined), out)
+    stores = open_scores(score_paths)
+    save_figure(start_layer_figure(stores, threshold, undefined), out, made_with={
+        "threshold": threshold, "undefined_policy": undefined, "normalization": scoring_normalization(stores[0])})

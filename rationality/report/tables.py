@@ -23,6 +23,7 @@ import xarray as xr
 
 from rationality import schema
 from rationality.errors import StoreError
+from rationality.report.made_with import scoring_normalization
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
 
 START_LAYER_POLICIES: tuple[str, ...] = ("paper", "all_blocks", "last_block")
@@ -47,17 +48,50 @@ def policy_start_layer(policy: str, scores: xr.Dataset) -> int:
     raise ValueError(f"start-layer policy must be one of {START_LAYER_POLICIES}, got {policy!r}")
 
 
+def store_run(store: xr.Dataset) -> str:
+    """The run a store holds, for messages: ``model/dataset/method``, plus ``corruption-s<severity>`` when shifted."""
+    run = "/".join(str(store.attrs[key]) for key in (schema.ATTR_MODEL, schema.ATTR_DATASET, schema.ATTR_METHOD))
+    severity = int(store.attrs.get(schema.ATTR_SEVERITY, 0))
+    return f"{run}/{store.attrs[schema.ATTR_CORRUPTION]}-s{severity}" if severity else run
+
+
+def store_explainer(store: xr.Dataset, explainer: str | None) -> str:
+    """``explainer``, or the store's first when None.
+
+    Raises:
+        StoreError: the store holds no heatmaps of ``explainer`` (naming its run and the explainers it holds).
+    """
+    held = [str(e) for e in store.coords[schema.EXPLAINER].values]
+    if explainer is None:
+        return held[0]
+    if explainer not in held:
+        raise StoreError(f"the {store.attrs[schema.ATTR_KIND]} store of {store_run(store)} holds no {explainer!r} "
+                         f"heatmaps; it holds {', '.join(held)}")
+    return explainer
+
+
 def open_scores(score_paths: Sequence[str | Path]) -> list[xr.Dataset]:
     """Open scores stores that may share a table or a figure.
 
     Raises:
-        StoreError: a store is missing or invalid, or stores were scored with different options.
+        StoreError: a store is missing or invalid, given twice, holds the same run as another one, or
+            stores were scored with different options.
     """
+    resolved = [Path(path).resolve() for path in score_paths]
+    repeated = [str(path) for path, real in zip(score_paths, resolved) if resolved.count(real) > 1]
+    if repeated:
+        raise StoreError(f"{', '.join(repeated)}: given more than once; give each scores store once")
     stores = [(str(path), schema.open_store(str(path), schema.StoreKind.SCORES)) for path in score_paths]
     scoring = {path: scores.attrs[schema.ATTR_SCORING] for path, scores in stores}
     if len(set(scoring.values())) > 1:
         raise StoreError("scores stores were made with different scoring options and cannot share a table: "
                          + "; ".join(f"{path}: {options}" for path, options in scoring.items()))
+    runs: dict[str, str] = {}
+    for path, scores in stores:
+        other = runs.setdefault(store_run(scores), path)
+        if other != path:
+            raise StoreError(f"{other} and {path} both hold run {store_run(scores)}; a table or figure takes one "
+                             "store per run")
     return [scores for _, scores in stores]
 
 
@@ -98,6 +132,6 @@ def rationality_table(score_paths: Sequence[str | Path], threshold: float = DEFA
                 rows.append({
                     **row_key(scores, explainer, policy), **metrics.to_dict(), **edge_case_counts(edge[:, e, layer]),
                     "threshold": threshold, "undefined_policy": undefined,
-                    "normalization": schema.json_attr(scores, schema.ATTR_SCORING)["normalization"],
+                    "normalization": scoring_normalization(scores),
                 })
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)

@@ -7,9 +7,14 @@
 * accuracy over all samples.
 
 Samples whose RMA is undefined (:class:`~rationality.schema.EdgeCase`) follow an explicit policy:
-``invalid`` (default) counts them as invalid evidence, ``valid`` as valid evidence (what the paper's
-code did with NaN, by accident), ``exclude`` leaves them out of the quadrants. They are always counted.
-Undefined ratios (0/0) are NaN.
+``invalid`` (default) counts them as invalid evidence, ``valid`` as valid evidence, ``exclude`` leaves
+them out of the quadrants, and ``paper_code`` does what the paper's official code does: its RMA is
+NaN for a zero-sum, constant (under min-max) or non-finite heatmap, and NaN passed its validity test,
+so those count as valid; an empty mask gives sum(H ⊙ M) = 0, an RMA of 0, compared with the threshold
+like any RMA (invalid unless the threshold is 0). A sample with both an empty mask and a degenerate
+heatmap is stored as an empty mask (the code checked first), so ``paper_code`` scores it 0, where
+the official code's 0 / 0 would have been NaN and valid. They are always counted. Undefined ratios
+(0/0) are NaN.
 
 :func:`outcome_codes` applies these rules per sample (a quadrant code each, for bootstrap resamples
 and galleries); :func:`rationality_metrics` counts its codes, so the two cannot disagree.
@@ -18,6 +23,8 @@ and galleries); :func:`rationality_metrics` counts its codes, so the two cannot 
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -25,8 +32,8 @@ import numpy as np
 
 from rationality.schema import EdgeCase
 
-UndefinedPolicy = Literal["invalid", "valid", "exclude"]
-UNDEFINED_POLICIES: tuple[str, ...] = ("invalid", "valid", "exclude")
+UndefinedPolicy = Literal["invalid", "valid", "exclude", "paper_code"]
+UNDEFINED_POLICIES: tuple[str, ...] = ("invalid", "valid", "exclude", "paper_code")
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -61,6 +68,14 @@ class Outcome(enum.IntEnum):
     EXCLUDED_WRONG = 5  # wrong prediction, undefined RMA, excluded from the quadrants
 
 
+def check_threshold(threshold: float) -> float:
+    """``threshold`` if it is a finite number in [0, 1]; ValueError otherwise (NaN would pass no sample)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not (
+            math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be a finite number in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
 def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, threshold: float,
                   undefined: UndefinedPolicy = "invalid") -> np.ndarray:
     """Per-sample :class:`Outcome` codes.
@@ -69,20 +84,30 @@ def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, t
         rma: [n, ...] float, NaN where undefined.
         edge_case: [n, ...] int, :class:`EdgeCase` codes (non-zero where RMA is undefined).
         correct: [n] bool, broadcast over the trailing dims of ``rma``.
-        threshold: RMA at or above which evidence is valid.
-        undefined: policy for samples with undefined RMA (``invalid``, ``valid``, ``exclude``).
+        threshold: RMA at or above which evidence is valid, in [0, 1].
+        undefined: policy for samples with undefined RMA (``invalid``, ``valid``, ``exclude``,
+            ``paper_code``; see the module docstring).
 
     Returns:
         int8 [n, ...], the shape of ``rma``.
+
+    Raises:
+        ValueError: for a threshold outside [0, 1] or not finite, or an unknown policy.
     """
+    check_threshold(threshold)
     if undefined not in UNDEFINED_POLICIES:
         raise ValueError(f"undefined policy must be one of {UNDEFINED_POLICIES}, got {undefined!r}")
     rma, edge_case = np.asarray(rma), np.asarray(edge_case)
     correct = np.asarray(correct, dtype=bool).reshape((-1,) + (1,) * (rma.ndim - 1))
     undefined_mask = edge_case != EdgeCase.OK
     # Compare in RMA's own precision: a float32 RMA of 0.7 is valid at threshold 0.7.
+    threshold = np.asarray(threshold, dtype=rma.dtype)
+    if undefined == "paper_code":  # NaN counts as valid evidence; an empty mask is an RMA of 0
+        undefined_valid = np.where(edge_case == EdgeCase.EMPTY_MASK, threshold <= 0, True)
+    else:
+        undefined_valid = np.full(rma.shape, undefined == "valid")
     with np.errstate(invalid="ignore"):
-        valid = np.where(undefined_mask, undefined == "valid", rma >= np.asarray(threshold, dtype=rma.dtype))
+        valid = np.where(undefined_mask, undefined_valid, rma >= threshold)
     codes = np.where(correct, np.where(valid, Outcome.RR, Outcome.RW), np.where(valid, Outcome.WR, Outcome.WW))
     if undefined == "exclude":
         codes = np.where(undefined_mask, np.where(correct, Outcome.EXCLUDED_RIGHT, Outcome.EXCLUDED_WRONG), codes)

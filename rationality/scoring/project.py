@@ -46,5 +46,6 @@ def project_mask_store(masks_path: str | Path, grid: tuple[int, int], out: str |
         coords={schema.SAMPLE: masks.coords[schema.SAMPLE]},
         attrs=schema.provenance(
             schema.StoreKind.PROJECTIONS, dataset=masks.attrs[schema.ATTR_DATASET], split=masks.attrs[schema.ATTR_SPLIT],
-            geometry=schema.json_attr(masks, schema.ATTR_GEOMETRY), grid=list(grid), masks_path=str(masks_path)))
+            geometry=schema.json_attr(masks, schema.ATTR_GEOMETRY), grid=list(grid), masks_path=str(masks_path),
+            **{key: masks.attrs[key] for key in schema.DATASET_PROVENANCE}))
     return write_dataset(dataset, out, progress=progress)

@@ -43,16 +43,22 @@ def _describe_difference(left: set[str], right: set[str], left_name: str, right_
             f"{len(only_right)} only in {right_name} (e.g. {only_right[:3]})")
 
 
+def _check_same_attrs(cache: xr.Dataset, masks: xr.Dataset, cache_path: str, masks_path: str, keys: tuple[str, ...],
+                      hint: str = "") -> None:
+    for key in keys:
+        if schema.json_attr(cache, key) != schema.json_attr(masks, key):
+            raise StoreError(f"{cache_path} and {masks_path} disagree on {key}: "
+                             f"{cache.attrs[key]!r} vs {masks.attrs[key]!r}{hint}")
+
+
 def align_stores(cache: xr.Dataset, masks: xr.Dataset, cache_path: str, masks_path: str) -> xr.Dataset:
     """The mask store reordered to the cache's sample order, after checking the stores agree.
 
     Raises:
-        StoreError: different sample ids, labels, dataset, split or geometry.
+        StoreError: different sample ids, labels, dataset (name, root, listing fingerprint), split or geometry.
     """
-    for key in (schema.ATTR_DATASET, schema.ATTR_SPLIT, schema.ATTR_GEOMETRY):
-        if schema.json_attr(cache, key) != schema.json_attr(masks, key):
-            raise StoreError(f"{cache_path} and {masks_path} disagree on {key}: "
-                             f"{cache.attrs[key]!r} vs {masks.attrs[key]!r}")
+    _check_same_attrs(cache, masks, cache_path, masks_path, (schema.ATTR_DATASET, schema.ATTR_SPLIT,
+                                                             schema.ATTR_GEOMETRY))
     cache_ids, mask_ids = cache.indexes[schema.SAMPLE], masks.indexes[schema.SAMPLE]
     if not cache_ids.equals(mask_ids):
         if set(cache_ids) != set(mask_ids):
@@ -64,6 +70,10 @@ def align_stores(cache: xr.Dataset, masks: xr.Dataset, cache_path: str, masks_pa
         example = cache_ids[label_mismatch[0]]
         raise StoreError(f"{cache_path} and {masks_path} disagree on the labels of {len(label_mismatch)} samples "
                          f"(e.g. {example!r})")
+    _check_same_attrs(cache, masks, cache_path, masks_path, (schema.ATTR_DATASET_ROOT,),
+                      hint=" (the two stages read different copies of the dataset)")
+    _check_same_attrs(cache, masks, cache_path, masks_path, (schema.ATTR_DATASET_FINGERPRINT,),
+                      hint=" (the dataset's files changed between the two stages: rebuild the masks)")
     return masks
 
 
@@ -120,7 +130,7 @@ def score_dataset(cache: xr.Dataset, masks: xr.Dataset, options: ScoringOptions,
         **{key: schema.json_attr(cache, key) for key in (
             schema.ATTR_MODEL, schema.ATTR_DATASET, schema.ATTR_SPLIT, schema.ATTR_METHOD,
             schema.ATTR_METHOD_KIND, schema.ATTR_PAPER_START_LAYER, schema.ATTR_GEOMETRY,
-            schema.ATTR_CORRUPTION, schema.ATTR_SEVERITY)},
+            schema.ATTR_CORRUPTION, schema.ATTR_SEVERITY, *schema.DATASET_PROVENANCE)},
         scoring=asdict(options), cache_path=str(cache_path), masks_path=str(masks_path),
     )
     return xr.Dataset(

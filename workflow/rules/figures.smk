@@ -9,9 +9,9 @@ gallery             scores + caches + mask store of (model, dataset), and the da
                     got right (the paper's Figure 3)
 gallery_changed     the same -> results/figures/gallery_{model}_{dataset}_changed.png: samples whose
                     quadrant changed from zero-shot to a fine-tuned method
-ood_figure          clean and out-of-distribution scores of a model -> results/figures/ood_{model}.png:
-                    accuracy, PT and IR against corruption severity (the paper's Figure 4), a line
-                    per method averaged over the corruptions
+ood_figure          out-of-distribution scores of a model, severity 0 (none-s0) included ->
+                    results/figures/ood_{model}.png: accuracy, PT and IR against corruption severity
+                    (the paper's Figure 4), a line per method averaged over the corruptions
 ood_figure_per_corruption  the same -> results/figures/ood_{model}_per_corruption.png: a row per
                     corruption
 tables_and_figures  every table and figure of the grid, what the default target (the root Snakefile's
@@ -47,12 +47,9 @@ def run_masks(wildcards):
 
 
 def ood_figure_scores(wildcards):
-    """A model's out-of-distribution scores stores and the clean ones they are compared with."""
-    clean_datasets = {ood["dataset"] for ood in config["ood"].values()}
-    clean = [path for path, (model, dataset, _) in zip(all_scores(), run_triples(config))
-             if model == wildcards.model and dataset in clean_datasets]
-    shifted = [path for path, run in zip(all_ood_scores(), ood_runs(config)) if run[0] == wildcards.model]
-    return clean + shifted
+    """A model's out-of-distribution scores stores, severity 0 (each set's clean images in its own
+    frame, ``none-s0``) included; never the main table's clean stores."""
+    return [path for path, run in zip(all_ood_scores(), ood_runs(config)) if run[0] == wildcards.model]
 
 
 def all_figures():
@@ -74,17 +71,18 @@ rule threshold_figure:
         run_scores,
     output:
         report("results/figures/threshold_{model}_{dataset}.png", caption="../report/threshold.rst",
-               category="Figures", subcategory="Threshold sweeps", labels={"model": "{model}", "dataset": "{dataset}"}),
+               category="Figures", subcategory="Threshold sweeps",
+               labels=made_with_labels(model="{model}", dataset="{dataset}")),
     params:
         undefined=config["undefined_policy"],
     log:
         "results/logs/figures/threshold_{model}_{dataset}.log",
     benchmark:
         "results/benchmarks/figures/threshold_{model}_{dataset}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality figure threshold {input:q} --undefined {params.undefined} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
@@ -94,7 +92,8 @@ rule start_layer_figure:
         run_scores,
     output:
         report("results/figures/start_layer_{model}_{dataset}.png", caption="../report/start_layer.rst",
-               category="Figures", subcategory="Start layers", labels={"model": "{model}", "dataset": "{dataset}"}),
+               category="Figures", subcategory="Start layers",
+               labels=made_with_labels(model="{model}", dataset="{dataset}")),
     params:
         threshold=config["threshold"],
         undefined=config["undefined_policy"],
@@ -102,10 +101,10 @@ rule start_layer_figure:
         "results/logs/figures/start_layer_{model}_{dataset}.log",
     benchmark:
         "results/benchmarks/figures/start_layer_{model}_{dataset}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality figure start-layer {input:q} --threshold {params.threshold} --undefined {params.undefined}"
         " --out {output:q} --threads {threads} > {log:q} 2>&1"
@@ -120,7 +119,7 @@ rule gallery:
     output:
         report("results/figures/gallery_{model}_{dataset}.png", caption="../report/gallery.rst",
                category="Figures", subcategory="Heatmap galleries",
-               labels={"model": "{model}", "dataset": "{dataset}", "samples": "right under every method"}),
+               labels=made_with_labels(model="{model}", dataset="{dataset}", samples="right under every method")),
     params:
         selection="all_correct",
         samples=GALLERY_SAMPLES,
@@ -130,10 +129,10 @@ rule gallery:
         "results/logs/figures/gallery_{model}_{dataset}.log",
     benchmark:
         "results/benchmarks/figures/gallery_{model}_{dataset}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality figure gallery --scores {input.scores:q} --cache {input.caches:q} --masks {input.masks:q}"
         " --selection {params.selection} --samples {params.samples} --threshold {params.threshold}"
@@ -144,7 +143,7 @@ use rule gallery as gallery_changed with:
     output:
         report("results/figures/gallery_{model}_{dataset}_changed.png", caption="../report/gallery_changed.rst",
                category="Figures", subcategory="Heatmap galleries",
-               labels={"model": "{model}", "dataset": "{dataset}", "samples": "quadrant changed from zero-shot"}),
+               labels=made_with_labels(model="{model}", dataset="{dataset}", samples="quadrant changed from zero-shot")),
     params:
         selection="changed",
         samples=GALLERY_SAMPLES,
@@ -161,7 +160,7 @@ rule ood_figure:
         ood_figure_scores,
     output:
         report("results/figures/ood_{model}.png", caption="../report/ood.rst", category="Figures",
-               subcategory="Corruption severity", labels={"model": "{model}", "corruptions": "mean"}),
+               subcategory="Corruption severity", labels=made_with_labels(model="{model}", corruptions="mean")),
     params:
         threshold=config["threshold"],
         undefined=config["undefined_policy"],
@@ -170,10 +169,10 @@ rule ood_figure:
         "results/logs/figures/ood_{model}.log",
     benchmark:
         "results/benchmarks/figures/ood_{model}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality figure ood {input:q} --threshold {params.threshold} --undefined {params.undefined}"
         " {params.layout} --out {output:q} --threads {threads} > {log:q} 2>&1"
@@ -183,7 +182,7 @@ use rule ood_figure as ood_figure_per_corruption with:
     output:
         report("results/figures/ood_{model}_per_corruption.png", caption="../report/ood_per_corruption.rst",
                category="Figures", subcategory="Corruption severity",
-               labels={"model": "{model}", "corruptions": "each"}),
+               labels=made_with_labels(model="{model}", corruptions="each")),
     params:
         threshold=config["threshold"],
         undefined=config["undefined_policy"],
@@ -199,4 +198,5 @@ rule tables_and_figures:
         rules.pt_ir_table.output,
         rules.bootstrap_table.output,
         rules.ood_table.output if config["ood"] else [],
+        all_ablation_tables(),
         all_figures(),
