@@ -25,8 +25,9 @@ TINY_ADAPTER_SPECS: dict[str, dict[str, Any]] = {
 }
 #: Images per class of each split of the shared synthetic dataset (4 classes).
 SYNTHETIC_COUNTS = {"train": 4, "test": 3}
-#: The embedded demo's config.
+#: The embedded demo's config, and its CLIP-style model (the one the README's demo table shows).
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+DEMO_MODEL = "tiny-vit"
 SYNTHETIC_SIZE = (48, 40)
 
 
@@ -76,12 +77,12 @@ def demo_config() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def demo_pretrained(tmp_path_factory: pytest.TempPathFactory, demo_config: dict[str, Any]) -> Path:
-    """The demo's pretrained tiny model: its ``pretrain`` job's weights file, made once per session (the slow
-    part of the tests that need a model that already classifies; about 2 minutes on 2 cores)."""
+    """The demo's pretrained :data:`DEMO_MODEL`: its ``pretrain`` job's weights file, made once per session (the
+    slow part of the tests that need a model that already classifies; about 3 minutes on 2 cores)."""
     from rationality.data.synthetic import generate_synthetic_dataset
     from rationality.pretrain import pretrain_image_text
 
-    (model, pretrain), = demo_config["pretrain"].items()
+    model, pretrain = DEMO_MODEL, demo_config["pretrain"][DEMO_MODEL]
     synthetic = demo_config["synthetic"][pretrain["dataset"]]
     root = tmp_path_factory.mktemp("demo-pretrain")
     generate_synthetic_dataset(root / "data", samples_per_class={pretrain["split"]: synthetic["samples_per_class"][

@@ -20,10 +20,11 @@ from rationality.infer import run_inference
 from rationality.report.bootstrap import bootstrap_table
 from rationality.scoring.score import ScoringOptions, score_stores
 from rationality.train import train_checkpoint
+from tests.conftest import DEMO_MODEL
 
 pytestmark = pytest.mark.slow
 
-MODEL, DATASET = "tiny-vit", "demo"
+DATASET = "demo"
 
 
 def test_finetuning_lowers_pt_beyond_the_bootstrap_intervals(demo_config: dict, demo_pretrained: Path,
@@ -36,17 +37,17 @@ def test_finetuning_lowers_pt_beyond_the_bootstrap_intervals(demo_config: dict, 
                                seed=synthetic["seed"])
     entry = demo_config["datasets"][DATASET]
     dataset = {**entry, "name": DATASET, "root": str(root)}
-    model = {**demo_config["models"][MODEL], "pretrained": str(demo_pretrained)}
+    model = {**demo_config["models"][DEMO_MODEL], "pretrained": str(demo_pretrained)}
     size = model["input_size"]
     masks = build_mask_store(dataset, entry["test_split"], Geometry(size, size), tmp_path / "masks.zarr")
     scores = []
     for method in ("zs", "ft"):
-        spec = method_spec_for(demo_config, MODEL, DATASET, method)
+        spec = method_spec_for(demo_config, DEMO_MODEL, DATASET, method)
         checkpoint = train_checkpoint(model, dataset, spec, entry["train_split"], tmp_path / method,
                                       seed=demo_config["seed"], device="cpu")
         cache = run_inference(checkpoint, dataset, entry["test_split"], tmp_path / f"cache-{method}.zarr",
                               explainers=["generic_attention"], batch_size=demo_config["infer"]["batch_size"],
-                              device="cpu", model_name=MODEL, method_name=method)
+                              device="cpu", model_name=DEMO_MODEL, method_name=method)
         scores.append(score_stores(cache, masks, tmp_path / f"scores-{method}.zarr",
                                    ScoringOptions(demo_config["scoring"]["normalization"]), progress=False))
     table = bootstrap_table(scores, threshold=demo_config["threshold"], undefined=demo_config["undefined_policy"],
