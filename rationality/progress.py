@@ -7,10 +7,10 @@ is a terminal, otherwise a line per :data:`REPORT_FRACTION` of the work (at most
 :data:`QUIET_SECONDS`) and at least one per :data:`REPORT_SECONDS`, with the rate and the estimated
 time left, between a first and a last line::
 
-    infer results/checkpoints/tiny-vit/demo/ft: 0/250 batches
-    infer results/checkpoints/tiny-vit/demo/ft: 25/250 batches (10%), 2.3 batches/s, elapsed 0:00:11, left 0:01:38
+    infer results/cache/tiny-vit/demo/ft.zarr: 0/800 images
+    infer results/cache/tiny-vit/demo/ft.zarr: 80/800 images (10%), 7.3 images/s, elapsed 0:00:11, left 0:01:39
     ...
-    infer results/checkpoints/tiny-vit/demo/ft: done, 250 batches in 0:01:49 (2.29 batches/s)
+    infer results/cache/tiny-vit/demo/ft.zarr: done, 800 images in 0:01:49 (7.34 images/s)
 
 :class:`DaskProgress` reports a Dask computation (the scoring and projection stages) the same way.
 """
