@@ -60,7 +60,11 @@ def rectangle_masks(block: np.ndarray, frame: int, block_info=None) -> np.ndarra
 
 
 def build_stores(root: Path, samples: int, layers: int, grid: int, frame: int, chunk: int) -> tuple[Path, Path]:
-    """Write the synthetic cache and mask stores; returns their paths."""
+    """Write the synthetic cache and mask stores; returns their paths.
+
+    Their attributes are those of the schema's mock stores (every attribute a store needs, so the
+    benchmark keeps up with the schema), with this geometry.
+    """
     geometry = {"resize": frame, "crop": frame}
     ids = [f"bench-{i:06d}" for i in range(samples)]
     heatmaps = da.random.default_rng(0).random((samples, 1, layers, grid, grid), chunks=(chunk, 1, layers, grid, grid))
@@ -69,14 +73,11 @@ def build_stores(root: Path, samples: int, layers: int, grid: int, frame: int, c
         ids=ids, class_names=["a", "b"], explainers=["generic_attention"], start_layers=range(layers),
         grid=(grid, grid), logits=da.zeros((samples, 2), chunks=(chunk, 2), dtype=np.float32), labels=labels,
         heatmaps=heatmaps.astype(np.float32),
-        attrs=schema.provenance(schema.StoreKind.CACHE, model="bench", dataset="bench", split="test", method="zs",
-                                method_kind="zero_shot", paper_start_layer=layers - 1, geometry=geometry,
-                                image_normalization="model", checkpoint_sha256="0" * 64, config={},
-                                **schema.MOCK_DATASET))
+        attrs=schema.mock_cache(n_samples=1, n_classes=2, grid=(grid, grid), n_layers=layers, geometry=geometry).attrs)
     masks = da.map_blocks(rectangle_masks, da.zeros((samples, frame, frame), chunks=(chunk, frame, frame), dtype=bool),
                           frame=frame, dtype=bool)
-    mask_store = schema.masks_dataset(ids=ids, masks=masks, labels=labels, attrs=schema.provenance(
-        schema.StoreKind.MASKS, dataset="bench", split="test", geometry=geometry, config={}, **schema.MOCK_DATASET))
+    mask_store = schema.masks_dataset(ids=ids, masks=masks, labels=labels,
+                                      attrs=schema.mock_masks(n_samples=1, size=(frame, frame), geometry=geometry).attrs)
     return write_dataset(cache, root / "cache.zarr"), write_dataset(mask_store, root / "masks.zarr")
 
 
