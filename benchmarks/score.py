@@ -16,6 +16,7 @@ It checks that (b) equals (a) on the looped samples to 1e-5 and prints a Markdow
 
     python benchmarks/score.py                      # 50,000 samples, 12 start layers, 14x14, 224x224
     python benchmarks/score.py --samples 2000       # a quick look
+    python benchmarks/score.py --tiny               # seconds: that it runs and agrees (the tests run this)
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ from rationality.scoring.score import ScoringOptions, score_stores
 from rationality.store import write_dataset
 
 
+#: The sizes of ``--tiny``.
+TINY = {"samples": 256, "loop_samples": 16, "chunk": 64}
+
+
 def rectangle_masks(block: np.ndarray, frame: int, block_info=None) -> np.ndarray:
     """One random rectangle per sample (seeded by the block's position), bool [n, frame, frame]."""
     start = block_info[None]["array-location"][0][0]
@@ -55,7 +60,11 @@ def rectangle_masks(block: np.ndarray, frame: int, block_info=None) -> np.ndarra
 
 
 def build_stores(root: Path, samples: int, layers: int, grid: int, frame: int, chunk: int) -> tuple[Path, Path]:
-    """Write the synthetic cache and mask stores; returns their paths."""
+    """Write the synthetic cache and mask stores; returns their paths.
+
+    Their attributes are those of the schema's mock stores (every attribute a store needs, so the
+    benchmark keeps up with the schema), with this geometry.
+    """
     geometry = {"resize": frame, "crop": frame}
     ids = [f"bench-{i:06d}" for i in range(samples)]
     heatmaps = da.random.default_rng(0).random((samples, 1, layers, grid, grid), chunks=(chunk, 1, layers, grid, grid))
@@ -64,14 +73,11 @@ def build_stores(root: Path, samples: int, layers: int, grid: int, frame: int, c
         ids=ids, class_names=["a", "b"], explainers=["generic_attention"], start_layers=range(layers),
         grid=(grid, grid), logits=da.zeros((samples, 2), chunks=(chunk, 2), dtype=np.float32), labels=labels,
         heatmaps=heatmaps.astype(np.float32),
-        attrs=schema.provenance(schema.StoreKind.CACHE, model="bench", dataset="bench", split="test", method="zs",
-                                method_kind="zero_shot", paper_start_layer=layers - 1, geometry=geometry,
-                                image_normalization="model", checkpoint_sha256="0" * 64, config={},
-                                **schema.MOCK_DATASET))
+        attrs=schema.mock_cache(n_samples=1, n_classes=2, grid=(grid, grid), n_layers=layers, geometry=geometry).attrs)
     masks = da.map_blocks(rectangle_masks, da.zeros((samples, frame, frame), chunks=(chunk, frame, frame), dtype=bool),
                           frame=frame, dtype=bool)
-    mask_store = schema.masks_dataset(ids=ids, masks=masks, labels=labels, attrs=schema.provenance(
-        schema.StoreKind.MASKS, dataset="bench", split="test", geometry=geometry, config={}, **schema.MOCK_DATASET))
+    mask_store = schema.masks_dataset(ids=ids, masks=masks, labels=labels,
+                                      attrs=schema.mock_masks(n_samples=1, size=(frame, frame), geometry=geometry).attrs)
     return write_dataset(cache, root / "cache.zarr"), write_dataset(mask_store, root / "masks.zarr")
 
 
@@ -101,7 +107,12 @@ def main() -> None:
     parser.add_argument("--frame", type=int, default=224)
     parser.add_argument("--chunk", type=int, default=1024, help="samples per Zarr chunk")
     parser.add_argument("--workdir", help="where to build the stores (default: a temporary directory)")
+    parser.add_argument("--tiny", action="store_true",
+                        help=f"{TINY['samples']} samples in chunks of {TINY['chunk']}, {TINY['loop_samples']} looped: "
+                             "seconds, to check that it runs and agrees")
     args = parser.parse_args()
+    if args.tiny:
+        vars(args).update(TINY)
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

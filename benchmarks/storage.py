@@ -10,7 +10,7 @@ the worst case of compression (real heatmaps are smooth); rectangles are the bes
 (ImageNet and Stanford Dogs boxes are rectangles, CUB and Caltech-101 outlines are not).
 
     python benchmarks/storage.py                          # config/paper.yaml, 2,048 samples per store
-    python benchmarks/storage.py --samples 64 --out -     # tiny mode: print, write nothing
+    python benchmarks/storage.py --tiny                   # tiny mode (--samples 64 --out -): print, write nothing
 
 Writes ``benchmarks/results/storage.json``, which ``python -m rationality.report.readme`` reads.
 """
@@ -89,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=2 * schema.SAMPLE_CHUNK, help="samples per mock store")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "storage.json"),
                         help="JSON to write, or - to print only")
+    parser.add_argument("--tiny", action="store_true", help="--samples 64 --out -: seconds (the tests run this)")
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.samples, args.out = 64, "-"
     config = load_config_files([args.config])
     with tempfile.TemporaryDirectory() as workdir:
         measured = measure(config, args.samples, Path(workdir))

@@ -11,12 +11,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import yaml
 
 from rationality import __version__
 from rationality.errors import ConfigError, RationalityError
+
+#: Commands whose numbers depend on torch's kernels and threads: their logs start with them.
+TORCH_COMMANDS = ("pretrain", "train", "infer")
 
 
 def _spec(kind: str, option: str):
@@ -122,13 +125,19 @@ def _cmd_masks(args: argparse.Namespace) -> None:
 
 def _cmd_datasets_check(args: argparse.Namespace) -> int:
     from rationality.config import load_config
-    from rationality.data.check import check_datasets, format_report
+    from rationality.data.check import check_datasets, check_ood_sets, format_ood_report, format_report
 
-    reports = check_datasets(load_config(args.config), images=args.images)
+    config = load_config(args.config)
+    reports = check_datasets(config, images=args.images)
+    ood_reports = check_ood_sets(config, images=args.images)
     for report in reports:
         print(format_report(report))
-    failed = [report.name for report in reports if report.problems]
-    print(f"checked {len(reports)} datasets: " + (f"problems in {', '.join(failed)}" if failed else "all OK"))
+    for ood_report in ood_reports:
+        print(format_ood_report(ood_report))
+    failed = [report.name for report in [*reports, *ood_reports] if report.problems]
+    checked = f"checked {len(reports)} datasets" + (f" and {len(ood_reports)} out-of-distribution sets"
+                                                    if ood_reports else "")
+    print(f"{checked}: " + (f"problems in {', '.join(failed)}" if failed else "all OK"))
     return 1 if failed else 0
 
 
@@ -536,13 +545,44 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--digits", type=int, default=3, help="decimals shown (and compared for the best)")
     ablation.set_defaults(run=_cmd_ablation_table)
     _add_report_commands(commands)
+    _add_threads_option(parser)
     return parser
 
 
+def _commands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parsers of every command that runs (subcommands of subcommands included)."""
+    groups = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    if not groups:
+        yield parser
+    for group in groups:
+        for command in dict.fromkeys(group.choices.values()):
+            yield from _commands(command)
+
+
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` for every command: the CPUs it computes on (see :mod:`rationality.cpus`). A command
+    that runs Snakemake (``evaluate``) takes ``--cores`` instead, and its jobs get their own ``--threads``."""
+    from rationality.cpus import available_cpus
+
+    for command in _commands(parser):
+        if any("--cores" in action.option_strings for action in command._actions):
+            continue
+        command.add_argument("--threads", type=int, default=available_cpus(),
+                             help="CPUs to compute on: torch threads, at most this many image-loading workers, "
+                                  "Dask threads (default: the CPUs this process may use, %(default)s here)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from rationality.cpus import cpu_budget, describe
+
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # in a log file, lines in the order they happened
     try:
-        status = args.run(args)
+        with cpu_budget(args.threads if hasattr(args, "threads") else args.cores):
+            if args.command in TORCH_COMMANDS:
+                print(f"rationality {args.command}: {describe()}", file=sys.stderr)
+            status = args.run(args)
     except RationalityError as exc:
         print(f"rationality {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -35,10 +35,10 @@ import dask.array as da
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from rationality import __version__, schema
-from rationality.data.base import create_dataset
+from rationality.cpus import loader_workers
+from rationality.data.base import create_dataset, split_samples
 from rationality.data.loader import ImageDataset
 from rationality.errors import ConfigError
 from rationality.explain import create_explainer, explain_batch
@@ -46,6 +46,7 @@ from rationality.explain.base import Explainer
 from rationality.methods import create_method
 from rationality.models.checkpoint import file_sha256, load_checkpoint
 from rationality.models.heads import ImageClassifier
+from rationality.progress import Progress
 from rationality.store import BatchedStoreWriter
 
 #: Chunks computed but not yet written that the compute may run ahead of the writer thread.
@@ -92,7 +93,7 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
     if list(reader.class_names) != meta["class_names"]:
         raise ConfigError(f"{checkpoint} was trained for classes {meta['class_names'][:5]}… but dataset "
                           f"{dataset['root']} has {list(reader.class_names)[:5]}…")
-    samples = reader.samples(split)
+    samples = split_samples(reader, split, dataset["name"])
     mean, std = adapter.normalization
     images = ImageDataset(reader, samples, adapter.geometry, mean, std)
     checkpoint_sha256 = file_sha256(checkpoint)
@@ -129,10 +130,11 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
         torch_device = resolve_device(device)
         compute = _BatchComputer(classifier.to(torch_device), explainer_objects, precision, batch_size)
         chunks = {chunk: writer.batch_slice(chunk) for chunk in pending}
-        loader = DataLoader(images, batch_sampler=list(_batches(chunks, batch_size)), num_workers=num_workers,
+        loader = DataLoader(images, batch_sampler=list(_batches(chunks, batch_size)),
+                            num_workers=loader_workers(num_workers),
                             pin_memory=torch_device.type == "cuda")
         buffers = _ChunkBuffers(chunks, n_classes, (len(explainers), n_layers, *adapter.grid))
-        with (tqdm(total=sum(s.stop - s.start for s in chunks.values()), unit="img", desc=f"infer {out}") as progress,
+        with (Progress(sum(s.stop - s.start for s in chunks.values()), f"infer {out}", "images") as progress,
               _WriterThread(writer) as write):
 
             def store(batch: _BatchResult) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rationality.data.base import create_dataset
+from rationality.data.base import create_dataset, split_samples
 from rationality.data.loader import ImageDataset
 from rationality.errors import ConfigError
 from rationality.methods._training import TRAIN_STATE_FILE, Run, TrainingOptions, train_epochs
@@ -30,7 +30,7 @@ def pretrain_image_text(model: dict[str, Any], dataset: dict[str, Any], split: s
 
     Args:
         model: model spec; must have ``pretrained: null`` (the random initialisation to start from).
-        dataset: dataset spec ``{reader, root, options}``.
+        dataset: dataset spec ``{name, reader, root, options}``.
         split: the split to train on (keep it apart from the splits methods train and test on).
         out: the ``.pt`` file to write (an open_clip ``CLIP`` state dict).
 
@@ -42,7 +42,8 @@ def pretrain_image_text(model: dict[str, Any], dataset: dict[str, Any], split: s
         raise ConfigError(f"pretraining starts from a random initialisation; got pretrained={spec.pretrained!r}")
     adapter = create_adapter(spec).train()
     reader = create_dataset(dataset["reader"], dataset["root"], **dataset.get("options", {}))
-    images = ImageDataset(reader, reader.samples(split), adapter.geometry, *adapter.normalization)
+    samples = split_samples(reader, split, dataset["name"])
+    images = ImageDataset(reader, samples, adapter.geometry, *adapter.normalization)
     prompts = [prompt_template.format(name.replace("_", " ")) for name in reader.class_names]
 
     def step(module: torch.nn.Module, batch: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -24,10 +24,10 @@ from typing import Iterator, Mapping
 import numpy as np
 import xarray as xr
 import zarr
-from dask.diagnostics import ProgressBar
 
 from rationality import schema
 from rationality.errors import StoreError
+from rationality.progress import DaskProgress
 from rationality.schema import SAMPLE
 
 PARTIAL_SUFFIX = ".partial"
@@ -126,7 +126,7 @@ def write_dataset(ds: xr.Dataset, path: str | Path, *, progress: bool = False,
     compressed as :func:`schema.encoding` says.
 
     Args:
-        progress: show Dask's progress bar.
+        progress: report the computation's progress (:class:`~rationality.progress.DaskProgress`).
         chunks: Zarr chunk length per dimension (the Dask chunks must align with them).
 
     Raises:
@@ -143,7 +143,7 @@ def _write_dataset(ds: xr.Dataset, path: Path, staging: Path, *, progress: bool 
     if staging.exists():
         shutil.rmtree(staging)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with ProgressBar() if progress else contextlib.nullcontext():
+    with DaskProgress(f"write {path}") if progress else contextlib.nullcontext():
         ds.to_zarr(staging, mode="w", consolidated=False, encoding=schema.encoding(ds, chunks=chunks),
                    write_empty_chunks=True)
     _publish(staging, path)

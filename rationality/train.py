@@ -15,7 +15,7 @@ from typing import Any
 import torch.distributed as dist
 
 from rationality import __version__
-from rationality.data.base import create_dataset
+from rationality.data.base import create_dataset, split_samples
 from rationality.data.loader import ImageDataset
 from rationality.methods import create_method
 from rationality.methods._training import TRAIN_LOG_FILE, TRAIN_STATE_FILE, Run, init_distributed, world
@@ -51,7 +51,7 @@ def train_checkpoint(model: dict[str, Any], dataset: dict[str, Any], method: dic
     torch_device = init_distributed(device)
     adapter = create_adapter(model_spec).to(torch_device)
     base_sha256 = state_sha256(adapter.image_tower())
-    samples = (adaptation.training_samples(reader.samples(split), reader.class_names, seed,
+    samples = (adaptation.training_samples(split_samples(reader, split, dataset["name"]), reader.class_names, seed,
                                            f"{dataset['root']} (dataset {dataset['name']}, split {split})")
                if adaptation.uses_training_split else [])
     train = ImageDataset(reader, samples, adapter.geometry, *adapter.normalization)

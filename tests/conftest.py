@@ -25,6 +25,9 @@ TINY_ADAPTER_SPECS: dict[str, dict[str, Any]] = {
 }
 #: Images per class of each split of the shared synthetic dataset (4 classes).
 SYNTHETIC_COUNTS = {"train": 4, "test": 3}
+#: The embedded demo's config, and its CLIP-style model (the one the README's demo table shows).
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+DEMO_MODEL = "tiny-vit"
 SYNTHETIC_SIZE = (48, 40)
 
 
@@ -62,6 +65,33 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic-data")
     generate_synthetic_dataset(root, samples_per_class=dict(SYNTHETIC_COUNTS), image_size=SYNTHETIC_SIZE, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_config() -> dict[str, Any]:
+    """The embedded demo's config (``config/config.yaml``), validated, defaults filled."""
+    from rationality.config import load_config
+
+    return load_config(DEMO_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def demo_pretrained(tmp_path_factory: pytest.TempPathFactory, demo_config: dict[str, Any]) -> Path:
+    """The demo's pretrained :data:`DEMO_MODEL`: its ``pretrain`` job's weights file, made once per session (the
+    slow part of the tests that need a model that already classifies; about 3 minutes on 2 cores)."""
+    from rationality.data.synthetic import generate_synthetic_dataset
+    from rationality.pretrain import pretrain_image_text
+
+    model, pretrain = DEMO_MODEL, demo_config["pretrain"][DEMO_MODEL]
+    synthetic = demo_config["synthetic"][pretrain["dataset"]]
+    root = tmp_path_factory.mktemp("demo-pretrain")
+    generate_synthetic_dataset(root / "data", samples_per_class={pretrain["split"]: synthetic["samples_per_class"][
+        pretrain["split"]]}, image_size=tuple(synthetic["image_size"]), background_bias=synthetic["background_bias"],
+        seed=synthetic["seed"])
+    dataset = {"name": pretrain["dataset"], "reader": "synthetic", "root": str(root / "data")}
+    return pretrain_image_text({**demo_config["models"][model], "pretrained": None}, dataset, pretrain["split"],
+                               root / f"{model}.pt", epochs=pretrain["epochs"], lr=float(pretrain["lr"]),
+                               batch_size=pretrain["batch_size"], seed=demo_config["seed"])
 
 
 @pytest.fixture(scope="session")

@@ -118,6 +118,12 @@ def make_cub_tree(
     return FixtureInfo(dataset, "cub", {"expect_classes": classes}, names, planted)
 
 
+def mark_all_train(cub_root: Path) -> None:
+    """Rewrite a CUB tree's ``train_test_split.txt`` so that every image is a training image (test is empty)."""
+    split_file = cub_root / "train_test_split.txt"
+    split_file.write_text("".join(f"{line.split()[0]} 1\n" for line in split_file.read_text().splitlines()))
+
+
 def make_caltech_tree(root: Path, classes: int = 3, images_per_class: int = 5, seed: int = 0) -> FixtureInfo:
     """Write a Caltech-101 tree: ``101_ObjectCategories`` (with ``BACKGROUND_Google``) and ``Annotations``.
 

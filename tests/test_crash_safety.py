@@ -67,7 +67,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_store(zero_shot: Path, synt
     resumed = subprocess.run(infer_command(zero_shot, synthetic_spec, killed), check=True, capture_output=True,
                              text=True)
     pending = 12 - done_before
-    assert f"{pending}/{pending} [" in resumed.stderr  # the progress bar counts only the images left
+    assert f": 0/{pending} images\n" in resumed.stderr  # the progress lines count only the images left
+    assert f": done, {pending} images in " in resumed.stderr
     assert f"{done_before} of 12 chunks (1 samples each) are written; continuing at sample {done_before}" in resumed.stderr
     assert not partial_path(killed).exists() and not progress.exists()
     assert store_bytes(killed) == store_bytes(uninterrupted)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from rationality.cli import main
 from rationality.data import create_dataset
 from rationality.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from tests.conftest import SYNTHETIC_COUNTS, TINY_MODEL
-from tests.fixture_trees_imagenet import CLASS_NAMES, planted_images, write_imagenet_val
+from tests.fixture_trees import make_cub_tree, mark_all_train
+from tests.fixture_trees_imagenet import CLASS_NAMES, planted_images, write_imagenet_c, write_imagenet_val
 
 
 @pytest.fixture
@@ -38,8 +40,8 @@ def _imagenet(root: Path, **options: Any) -> dict[str, Any]:
 
 
 def _section(output: str, name: str) -> str:
-    """The lines of one dataset's report."""
-    match = re.search(rf"^{name}: reader .*?(?=^\S|\Z)", output, flags=re.M | re.S)
+    """The lines of one dataset's (or out-of-distribution set's) report."""
+    match = re.search(rf"^{name}: .*?(?=^\S|\Z)", output, flags=re.M | re.S)
     assert match, output
     return match.group(0)
 
@@ -145,3 +147,59 @@ def test_shots_need_that_many_training_images_per_class(tmp_path: Path, syntheti
     assert main(["datasets", "check", str(path)]) == 1
     short = sum(count < fewest + 1 for count in counts.values())
     assert f"a run trains on shots {fewest + 1} per class; {short} classes have fewer" in capsys.readouterr().out
+
+
+def test_an_empty_split_a_run_uses_is_a_problem(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    info = make_cub_tree(tmp_path / "cub", classes=2, images_per_class=2)
+    mark_all_train(info.root)
+    config = _config(tmp_path / "config.yaml", {"cub": {"reader": "cub", "root": str(info.root),
+                                                         "options": info.options, "test_split": "test"}})
+    assert main(["datasets", "check", config]) == 1
+    output = capsys.readouterr().out
+    assert "images per split: train 4, test 0" in output
+    assert f"test_split 'test' of {info.root} has no images" in output
+    assert output.rstrip().endswith("checked 1 datasets: problems in cub")
+
+
+def _ood_config(path: Path, clean: dict[str, Any], ood: dict[str, Any]) -> str:
+    _config(path, {"clean": clean})
+    config = yaml.safe_load(path.read_text())
+    config["ood"] = {"shifted": {"dataset": "clean", **ood}}
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_on_the_fly_ood_sets_are_checked(tmp_path: Path, synthetic_root: Path, capsys: pytest.CaptureFixture) -> None:
+    config = _ood_config(tmp_path / "config.yaml", {"reader": "synthetic", "root": str(synthetic_root)},
+                         {"corruptions": ["fog", "contrast"], "severities": [1, 3]})
+    assert main(["datasets", "check", config]) == 0
+    output = capsys.readouterr().out
+    section = _section(output, "shifted")
+    assert "shifted: out-of-distribution set of clean (on_the_fly), 2 corruptions x 2 severities" in section
+    test_images = 4 * SYNTHETIC_COUNTS["test"]
+    assert f"4 of 4 datasets opened; the clean test split has {test_images} images" in section
+    assert section.rstrip().endswith("OK")
+    assert output.rstrip().endswith("checked 1 datasets and 1 out-of-distribution sets: all OK")
+
+
+def test_imagenet_c_folders_are_checked(tmp_path: Path, imagenet_root: Path, capsys: pytest.CaptureFixture) -> None:
+    imagenet_c = tmp_path / "imagenet-c"
+    write_imagenet_c(imagenet_root, imagenet_c, ("fog",), (1, 2))
+    config = _ood_config(tmp_path / "config.yaml", _imagenet(imagenet_root),
+                         {"source": "imagenet_c", "root": str(imagenet_c), "corruptions": ["fog"], "severities": [1, 2]})
+    assert main(["datasets", "check", config, "--images"]) == 0
+    assert "2 of 2 datasets opened; the clean test split has 10 images" in capsys.readouterr().out
+
+    missing = planted_images()[4]
+    (imagenet_c / "fog" / "1" / missing.wnid / f"{missing.id}.JPEG").unlink()
+    shutil.rmtree(imagenet_c / "fog" / "2")
+    config = _ood_config(tmp_path / "config.yaml", _imagenet(imagenet_root),
+                         {"source": "imagenet_c", "root": str(imagenet_c), "corruptions": ["fog"],
+                          "severities": [1, 2, 3]})
+    assert main(["datasets", "check", config]) == 1
+    section = _section(capsys.readouterr().out, "shifted")
+    assert "0 of 3 datasets opened" in section and "PROBLEMS (3):" in section
+    assert f"fog severity 1: {imagenet_c / 'fog' / '1'}: 1 ({missing.id}) val images have no corrupted counterpart" \
+        in section
+    for severity in (2, 3):
+        assert f"fog severity {severity}: {imagenet_c / 'fog' / str(severity)}: no such severity folder" in section

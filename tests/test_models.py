@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rationality.errors import ConfigError, StoreError
 from rationality.methods import create_method, list_methods
 from rationality.models import LinearHead, ModelSpec, create_adapter
 from rationality.models.checkpoint import load_checkpoint, state_sha256
-from rationality.models.openclip import check_quick_gelu, is_torchscript_archive
+from rationality.models.openclip import RANDOM_INIT_WARNING, check_quick_gelu, is_torchscript_archive
 from rationality.methods._training import Run
 from rationality.train import CHECKPOINT_FILE, TRAIN_LOG_FILE, train_checkpoint
 
@@ -47,6 +48,22 @@ def test_local_weights_file_is_not_judged(tmp_path: Path) -> None:
     check_quick_gelu("ViT-B-16", str(tmp_path / "laion-vit-b-16.pt"), {})
 
 
+def test_no_random_init_warning_when_weights_follow(tiny_adapter, tiny_model_spec: dict, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A local weights file (or pretrained: null) builds without a tag: open_clip's "initialized randomly"
+    warning would be false (or only repeat the spec), so it is dropped; other warnings still pass."""
+    weights = tmp_path / "weights.pt"
+    torch.save(tiny_adapter.model.state_dict(), weights)
+    with caplog.at_level(logging.WARNING):
+        open_clip.create_model("rationality-tiny-vit")  # the warning exists, and would reach the log
+        assert any(RANDOM_INIT_WARNING in record.getMessage() for record in caplog.records)
+        caplog.clear()
+        create_adapter({**tiny_model_spec, "pretrained": str(weights)})
+        create_adapter(dict(tiny_model_spec))
+        logging.getLogger().warning("another warning")
+    assert [record.getMessage() for record in caplog.records] == ["another warning"]
+
+
 # --------------------------------------------------------------------------- specs and adapters
 
 
@@ -66,7 +83,7 @@ def test_declared_adapters_register_themselves_when_first_built() -> None:
                                "names = list_adapters(); check_adapter('blip'); "
                                "print(names, [m for m in ('open_clip', 'transformers', 'timm') if m in sys.modules])"],
         capture_output=True, text=True, check=True)
-    assert listed.stdout.strip() == "['albef', 'blip', 'open_clip'] []"
+    assert listed.stdout.strip() == "['albef', 'blip', 'open_clip', 'transformers'] []"
     from rationality.models.base import _ADAPTERS, VisionLanguageAdapter
 
     for name in _ADAPTERS.names():  # get() imports the declared module and checks that it registered the name

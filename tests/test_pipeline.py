@@ -28,6 +28,7 @@ from rationality.models.checkpoint import load_checkpoint
 from rationality.report.tables import rationality_table
 from rationality.scoring.score import ScoringOptions, score_stores
 from rationality.train import train_checkpoint
+from tests.fixture_trees import make_cub_tree, mark_all_train
 
 EXPLAINERS = ["generic_attention", "attention_gradient"]
 GEOMETRY = Geometry(64, 64)
@@ -228,6 +229,22 @@ def test_cli_score_succeeds(cache_store: Path, mask_store: Path, tmp_path: Path,
     assert main(["table", str(out), "--threshold", "0.3", "--out", str(table)]) == 0
     rows = table.read_text().splitlines()
     assert len(rows) == 1 + 2 * 3 and rows[0].startswith("model,dataset,method")
+
+
+def test_cli_masks_and_infer_refuse_an_empty_split(tmp_path: Path, tiny_model_spec: dict,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    info = make_cub_tree(tmp_path / "cub", classes=2, images_per_class=2)
+    mark_all_train(info.root)
+    checkpoint = train_checkpoint(dict(tiny_model_spec), info.spec("cub"), {"kind": "zero_shot"}, "train",
+                                  tmp_path / "zs")
+    dataset = ["--dataset-name", "cub", "--dataset", json.dumps({"reader": "cub", "root": str(info.root),
+                                                                 "options": info.options}), "--split", "test"]
+    empty = f"dataset cub: split 'test' of {info.root} has no samples"
+    masks, cache = tmp_path / "masks.zarr", tmp_path / "cache.zarr"
+    _fails(["masks", *dataset, "--geometry", "r64c64", "--out", str(masks)], capsys, empty)
+    _fails(["infer", "--checkpoint", str(checkpoint), *dataset, "--device", "cpu", "--out", str(cache)], capsys, empty)
+    assert not [path.name for path in tmp_path.iterdir() if path.suffix != ".zarr" and ".zarr" in path.name]
+    assert not masks.exists() and not cache.exists()
 
 
 def test_cli_unknown_model(synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -84,6 +84,12 @@ def test_demo_produces_the_table(finished_demo: Path) -> None:
             f"{rule}/tiny-vit/demo/{method}" for rule in ("train", "infer", "score") for method in ("zs", "lp", "ft")]
         missing = [job for job in jobs if not (finished_demo / "results" / kind / f"{job}{suffix}").is_file()]
         assert not missing, f"no {kind} for {missing}"
+    for log in (finished_demo / "results" / "logs").rglob("*.log"):
+        text = log.read_text()
+        assert "\r" not in text and "initialized randomly" not in text, log  # progress as lines, no false alarm
+        if log.relative_to(finished_demo / "results" / "logs").parts[0] in ("pretrain", "train", "infer"):
+            first = text.splitlines()[0]  # each job computes on the one thread Snakemake gave it
+            assert re.fullmatch(r"rationality (pretrain|train|infer): torch \S+, 1 thread, CPU .+ \(\w+ kernels\)", first), log
 
 
 def test_new_threshold_reruns_only_the_table(finished_demo: Path) -> None:

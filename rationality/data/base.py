@@ -175,6 +175,18 @@ def check_reader_options(reader: str, options: dict[str, Any]) -> None:
         raise error.within("options") from None
 
 
+def split_samples(reader: DatasetReader, split: str, dataset_name: str) -> list[Sample]:
+    """The samples of a split a stage works on: ``reader.samples(split)``, which must not be empty.
+
+    Raises:
+        DataError: naming the dataset, the split and its root when the split has no samples.
+    """
+    samples = reader.samples(split)
+    if not samples:
+        raise DataError(f"dataset {dataset_name}: split {split!r} of {reader.root} has no samples")
+    return samples
+
+
 def create_dataset(reader: str, root: str | Path, **options: Any) -> DatasetReader:
     """Build the reader registered as ``reader`` for the dataset at ``root``.
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from rationality.cpus import loader_workers
 from rationality.data.base import DatasetReader, Sample
 from rationality.data.geometry import Geometry
 
@@ -62,9 +63,9 @@ def make_loader(
     """A loader over ``dataset``; with ``shuffle``, the order is fixed by ``seed``.
 
     Args:
-        num_workers: decoding processes (0: the calling process).
+        num_workers: decoding processes (0: the calling process), at most ``--threads``.
         pin_memory: put batches in page-locked memory, for non-blocking copies to a GPU.
     """
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=num_workers,
-                      pin_memory=pin_memory)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=loader_workers(num_workers), pin_memory=pin_memory)

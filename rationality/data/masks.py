@@ -9,11 +9,11 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from tqdm import tqdm
 
 from rationality import __version__, schema
-from rationality.data.base import create_dataset
+from rationality.data.base import create_dataset, split_samples
 from rationality.data.geometry import Geometry
+from rationality.progress import track
 from rationality.store import BatchedStoreWriter
 
 MASK_BATCH = 256
@@ -29,7 +29,7 @@ def build_mask_store(dataset: dict[str, Any], split: str, geometry: Geometry, ou
         The store path; ``mask`` is bool [sample, crop, crop].
     """
     reader = create_dataset(dataset["reader"], dataset["root"], **dataset.get("options", {}))
-    samples = reader.samples(split)
+    samples = split_samples(reader, split, dataset["name"])
     n, size = len(samples), geometry.crop
     config = {"dataset": dataset, "split": split, "geometry": geometry.to_dict()}
     dataset_provenance = {schema.ATTR_DATASET_ROOT: str(reader.root.resolve()),
@@ -42,7 +42,7 @@ def build_mask_store(dataset: dict[str, Any], split: str, geometry: Geometry, ou
     fingerprint = hashlib.sha256(json.dumps({"config": config, "version": __version__, **dataset_provenance},
                                             sort_keys=True).encode()).hexdigest()
     with BatchedStoreWriter(out, template, MASK_BATCH, fingerprint) as writer:
-        for batch in tqdm(writer.pending_batches, desc=f"masks {dataset['name']}/{split}/{geometry.name}"):
+        for batch in track(writer.pending_batches, f"masks {dataset['name']}/{split}/{geometry.name}", "batches"):
             chunk = samples[writer.batch_slice(batch)]
             writer.write(batch, {
                 schema.MASK: np.stack([geometry.apply_mask(reader.load_mask(s)) for s in chunk]),

@@ -39,6 +39,7 @@ from rationality.data import _annotations
 from rationality.data._annotations import MASK_THRESHOLD_OPTION, ListedReader
 from rationality.data.base import Sample, register_dataset
 from rationality.errors import DataError
+from rationality.progress import track
 
 CLASS_NAMES = ("disk", "square", "triangle", "cross")
 
@@ -100,11 +101,12 @@ def generate_synthetic_dataset(
     tasks = [(root, seed, split, label, index, image_size, background_bias if split == TRAIN_SPLIT else 0.0)
              for split, count in samples_per_class.items()
              for label in range(len(CLASS_NAMES)) for index in range(count)]
+    description = f"synthetic {root}"
     if workers > 1:
         with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-            rows = list(pool.map(_write_sample, tasks, chunksize=16))
+            rows = list(track(pool.map(_write_sample, tasks, chunksize=16), description, "images", total=len(tasks)))
     else:
-        rows = [_write_sample(task) for task in tasks]
+        rows = [_write_sample(task) for task in track(tasks, description, "images")]
 
     partial_path = root / "samples.csv.partial"
     with partial_path.open("w", newline="", encoding="utf-8") as handle:

@@ -41,10 +41,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm import tqdm
 
+from rationality.cpus import loader_workers
 from rationality.errors import ConfigError
 from rationality.precision import autocast_dtype as precision_dtype, check_precision, float32_matmul_precision
+from rationality.progress import Progress
 
 TRAIN_LOG_FILE = "train_log.csv"
 TRAIN_STATE_FILE = "train_state.pt"
@@ -288,16 +289,18 @@ def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: Train
             module, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     torch.manual_seed(run.seed)
     # Decoding processes pay for images; tensors already in memory (embeddings) are read in this process.
-    workers = 0 if isinstance(dataset, TensorDataset) else run.num_workers
+    workers = 0 if isinstance(dataset, TensorDataset) else loader_workers(run.num_workers)
     first_epoch, rows = _resume(run, dict(named), optimizer, scaler)
+    steps_per_epoch = len(list(_epoch_micro_steps(len(dataset), plan, run.seed, first_epoch)))
+    progress = Progress((options.epochs - first_epoch + 1) * steps_per_epoch, description, "batches",
+                        enabled=rank == 0)
     for epoch in range(first_epoch, options.epochs + 1):
         micro_steps = list(_epoch_micro_steps(len(dataset), plan, run.seed, epoch))
         loader = DataLoader(dataset, batch_sampler=[m.indices for m in micro_steps], num_workers=workers,
                             pin_memory=run.device.type == "cuda")
         totals = torch.zeros(3, dtype=torch.float64, device=run.device)  # loss sum, correct, seen
         optimizer.zero_grad(set_to_none=True)
-        for micro, batch in zip(micro_steps, tqdm(loader, desc=f"{description} epoch {epoch}/{options.epochs}",
-                                                  leave=False, disable=rank != 0)):
+        for micro, batch in zip(micro_steps, loader):
             batch = _to_device(batch, run.device)
             with _gradient_sync(caller, micro.last), float32_matmul_precision(options.precision):
                 with torch.autocast(run.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -309,13 +312,16 @@ def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: Train
                 optimizer.zero_grad(set_to_none=True)
             totals += torch.tensor([float(loss.detach()) * len(labels), int((logits.argmax(1) == labels).sum()),
                                     len(labels)], dtype=torch.float64, device=run.device)
+            progress.update()
         if size > 1:
             dist.all_reduce(totals)
         loss_sum, correct, seen = totals.tolist()
         rows.append([epoch, f"{loss_sum / max(seen, 1):.6f}", f"{correct / max(seen, 1):.6f}"])
+        progress.write(f"{description} epoch {epoch}/{options.epochs}: loss {rows[-1][1]}, accuracy {rows[-1][2]}")
         if rank == 0:
             _write_log(run.run_dir / TRAIN_LOG_FILE, rows)
             _save_state(run, epoch, dict(named), optimizer, scaler, rows)
+    progress.close()
     if rank == 0 and options.epochs == 0:
         _write_log(run.run_dir / TRAIN_LOG_FILE, rows)
 

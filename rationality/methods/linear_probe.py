@@ -16,6 +16,7 @@ from rationality.methods._training import Run, train_epochs
 from rationality.methods.base import TrainedMethod, register_method
 from rationality.models.base import VisionLanguageAdapter
 from rationality.models.heads import ImageClassifier, LinearHead, PromptHead
+from rationality.progress import track
 
 HEAD_INITS = ("random", "zero_shot")
 
@@ -30,7 +31,7 @@ def image_embeddings(adapter: VisionLanguageAdapter, dataset: ImageDataset, batc
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, seed=0, num_workers=run.num_workers,
                          pin_memory=run.device.type == "cuda")
     with torch.no_grad():
-        for pixels, label, _ in loader:
+        for pixels, label, _ in track(loader, "image embeddings", "batches"):
             features.append(adapter.encode_image(pixels.to(run.device, non_blocking=True)).float().cpu())
             labels.append(torch.as_tensor(label))
     return torch.cat(features), torch.cat(labels)

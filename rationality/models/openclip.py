@@ -46,9 +46,10 @@ kind (EVA02-CLIP). SigLIP's text tower (bidirectional, last-token pooling, Sente
 from __future__ import annotations
 
 import contextlib
+import logging
 import zipfile
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import open_clip
 import torch
@@ -66,6 +67,9 @@ from rationality.models.timm_towers import TimmVitTower
 open_clip.add_model_config(Path(__file__).parent / "configs")
 #: The project's open_clip architectures (JSON files in ``configs/`` that open_clip registered).
 PROJECT_CONFIGS = sorted(name for name in open_clip.list_models() if name.startswith("rationality-"))
+
+#: What open_clip logs (to the root logger) whenever it builds a model without a pretrained tag.
+RANDOM_INIT_WARNING = "No pretrained weights loaded for model"
 
 #: The word whose token fills the context slots of CoOp prompts until the context vectors replace it
 #: (CoOp's "X"; its value only has to differ from the EOT token the pooling looks for).
@@ -95,6 +99,35 @@ def check_quick_gelu(name: str, pretrained: str | None, options: dict) -> None:
             f"open_clip model {name!r} with pretrained={pretrained!r}: the weights were trained with "
             f"{'QuickGELU' if tag_quick_gelu else 'GELU'} but the model uses "
             f"{'QuickGELU' if model_quick_gelu else 'GELU'}; use name {fix!r}")
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def without_random_init_warning() -> Iterator[None]:
+    """Silence open_clip's "No pretrained weights loaded ... initialized randomly" warning, only that one.
+
+    Building without a tag means either the seeded random model the spec asked for (``pretrained:
+    null``) or a local file loaded right after; in both cases the warning would only mislead the log.
+    """
+    quiet = _DropMessage(RANDOM_INIT_WARNING)
+    loggers = (logging.getLogger(), logging.getLogger(open_clip.factory.__name__))
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def is_torchscript_archive(path: Path) -> bool:
@@ -197,7 +230,8 @@ class OpenClipAdapter(VisionLanguageAdapter):
             torch.manual_seed(spec.seed)
         try:
             tag = None if local_file else spec.pretrained
-            self.model = open_clip.create_model(spec.name, pretrained=tag, precision="fp32", **spec.options)
+            with without_random_init_warning() if tag is None else contextlib.nullcontext():
+                self.model = open_clip.create_model(spec.name, pretrained=tag, precision="fp32", **spec.options)
         except RuntimeError as exc:
             if "not found" in str(exc):
                 raise ConfigError(f"unknown open_clip model {spec.name!r}; see open_clip.list_models() "

@@ -23,9 +23,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from rationality import schema
+from rationality.progress import track
 from rationality.report.made_with import scoring_normalization
 from rationality.report.tables import START_LAYER_POLICIES, open_scores, policy_start_layer, row_key
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, Outcome, UndefinedPolicy, outcome_codes, rationality_metrics
@@ -125,7 +125,7 @@ def bootstrap_table(score_paths: Sequence[str | Path], threshold: float = DEFAUL
         StoreError: a store is missing or invalid, or stores were scored with different options.
     """
     rows = []
-    for scores in tqdm(open_scores(score_paths), desc="bootstrap", unit="store", disable=not progress):
+    for scores in track(open_scores(score_paths), "bootstrap", "stores", enabled=progress):
         rma, edge = scores[schema.RMA].values, scores[schema.EDGE_CASE].values
         correct = scores[schema.CORRECT].values
         explainers = [str(e) for e in scores.coords[schema.EXPLAINER].values]

@@ -19,7 +19,7 @@ rule synthetic_data:
         mem_mb=stage_mem_mb("data"),
         runtime=stage_runtime("data"),
     shell:
-        "rationality synth --spec {params.spec:q} --out results/data/{wildcards.synthetic} > {log:q} 2>&1"
+        "rationality synth --spec {params.spec:q} --out results/data/{wildcards.synthetic} --threads {threads} > {log:q} 2>&1"
 
 
 rule masks:
@@ -39,4 +39,4 @@ rule masks:
         runtime=stage_runtime("data"),
     shell:
         "rationality masks --dataset-name {wildcards.dataset} --dataset {params.dataset:q}"
-        " --split {wildcards.split} --geometry {wildcards.geometry} --out {output:q} > {log:q} 2>&1"
+        " --split {wildcards.split} --geometry {wildcards.geometry} --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -84,7 +84,7 @@ rule threshold_figure:
         mem_mb=stage_mem_mb("report"),
         runtime=stage_runtime("report"),
     shell:
-        "rationality figure threshold {input:q} --undefined {params.undefined} --out {output:q} > {log:q} 2>&1"
+        "rationality figure threshold {input:q} --undefined {params.undefined} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule start_layer_figure:
@@ -107,7 +107,7 @@ rule start_layer_figure:
         runtime=stage_runtime("report"),
     shell:
         "rationality figure start-layer {input:q} --threshold {params.threshold} --undefined {params.undefined}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule gallery:
@@ -136,7 +136,7 @@ rule gallery:
     shell:
         "rationality figure gallery --scores {input.scores:q} --cache {input.caches:q} --masks {input.masks:q}"
         " --selection {params.selection} --samples {params.samples} --threshold {params.threshold}"
-        " --undefined {params.undefined} --out {output:q} > {log:q} 2>&1"
+        " --undefined {params.undefined} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 use rule gallery as gallery_changed with:
@@ -175,7 +175,7 @@ rule ood_figure:
         runtime=stage_runtime("report"),
     shell:
         "rationality figure ood {input:q} --threshold {params.threshold} --undefined {params.undefined}"
-        " {params.layout} --out {output:q} > {log:q} 2>&1"
+        " {params.layout} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 use rule ood_figure as ood_figure_per_corruption with:

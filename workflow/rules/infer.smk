@@ -42,7 +42,7 @@ rule infer:
         " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
         " --explainers {params.explainers} --batch-size {resources.batch_size} --device {resources.device}"
         " --num-workers {resources.num_workers} --precision {params.precision} --model-name {wildcards.model} --method-name {wildcards.method}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule infer_ood:
@@ -76,4 +76,4 @@ rule infer_ood:
         " --corruption {wildcards.corruption} --severity {wildcards.severity}"
         " --explainers {params.explainers} --batch-size {resources.batch_size} --device {resources.device}"
         " --num-workers {resources.num_workers} --precision {params.precision} --model-name {wildcards.model}"
-        " --method-name {wildcards.method} --out {output:q} > {log:q} 2>&1"
+        " --method-name {wildcards.method} --out {output:q} --threads {threads} > {log:q} 2>&1"

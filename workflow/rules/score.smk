@@ -24,7 +24,7 @@ rule project_masks:
         mem_mb=stage_mem_mb("data"),
         runtime=stage_runtime("data"),
     shell:
-        "rationality project-masks --masks {input:q} --grid {wildcards.grid} --out {output:q} > {log:q} 2>&1"
+        "rationality project-masks --masks {input:q} --grid {wildcards.grid} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule score:
@@ -45,7 +45,7 @@ rule score:
         runtime=stage_runtime("score"),
     shell:
         "rationality score --cache {input.cache:q} --masks {input.masks:q}"
-        " --normalization {params.normalization} --out {output:q} > {log:q} 2>&1"
+        " --normalization {params.normalization} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule score_ood:
@@ -66,4 +66,4 @@ rule score_ood:
         runtime=stage_runtime("score"),
     shell:
         "rationality score --cache {input.cache:q} --masks {input.masks:q}"
-        " --normalization {params.normalization} --out {output:q} > {log:q} 2>&1"
+        " --normalization {params.normalization} --out {output:q} --threads {threads} > {log:q} 2>&1"

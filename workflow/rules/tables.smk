@@ -61,7 +61,7 @@ rule pt_ir_table:
     shell:
         "rationality table {input:q} --threshold {params.threshold} --undefined {params.undefined}"
         " --out {output.csv:q} --paper-csv {output.paper_csv:q} --markdown {output.markdown:q}"
-        " --latex {output.latex:q} --grids {params.grids:q} > {log:q} 2>&1"
+        " --latex {output.latex:q} --grids {params.grids:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule bootstrap_table:
@@ -85,7 +85,7 @@ rule bootstrap_table:
         runtime=stage_runtime("report"),
     shell:
         "rationality bootstrap {input:q} --threshold {params.threshold} --undefined {params.undefined}"
-        " --resamples {params.resamples} --seed {params.seed} --out {output:q} > {log:q} 2>&1"
+        " --resamples {params.resamples} --seed {params.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule ood_table:
@@ -107,7 +107,7 @@ rule ood_table:
         runtime=stage_runtime("report"),
     shell:
         "rationality table {input:q} --threshold {params.threshold} --undefined {params.undefined}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule ablation_table:
@@ -133,4 +133,4 @@ rule ablation_table:
     shell:
         "rationality ablation-table {input:q} --layout {params.layout:q} --threshold {params.threshold}"
         " --undefined {params.undefined} --out {output.csv:q} --markdown {output.markdown:q}"
-        " --latex {output.latex:q} > {log:q} 2>&1"
+        " --latex {output.latex:q} --threads {threads} > {log:q} 2>&1"

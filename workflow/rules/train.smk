@@ -40,7 +40,7 @@ rule pretrain:
     shell:
         "rationality pretrain --model {params.model:q} --spec {params.spec:q}"
         " --dataset-name {params.dataset_name:q} --dataset {params.dataset:q} --split {params.split:q}"
-        " --seed {params.seed} --out {output:q} > {log:q} 2>&1"
+        " --seed {params.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule train:
@@ -76,4 +76,4 @@ rule train:
         "{resources.launcher} train --model {params.model:q} --method {params.method:q}"
         " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
         " --seed {params.seed} --device {resources.device} --num-workers {resources.num_workers}{params.max_batch}"
-        " --out {params.out:q} > {log:q} 2>&1"
+        " --out {params.out:q} --threads {threads} > {log:q} 2>&1"
