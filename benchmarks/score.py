@@ -67,7 +67,7 @@ def build_stores(root: Path, samples: int, layers: int, grid: int, frame: int, c
         attrs=schema.provenance(schema.StoreKind.CACHE, model="bench", dataset="bench", split="test", method="zs",
                                 method_kind="zero_shot", paper_start_layer=layers - 1, geometry=geometry,
                                 image_normalization="model", checkpoint_sha256="0" * 64, config={},
-                                **schema.MOCK_DATASET))
+                                corruption=schema.CLEAN, severity=0, seed=None, **schema.MOCK_DATASET))
     masks = da.map_blocks(rectangle_masks, da.zeros((samples, frame, frame), chunks=(chunk, frame, frame), dtype=bool),
                           frame=frame, dtype=bool)
     mask_store = schema.masks_dataset(ids=ids, masks=masks, labels=labels, attrs=schema.provenance(

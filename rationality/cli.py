@@ -143,43 +143,69 @@ def _cmd_project_masks(args: argparse.Namespace) -> None:
 def _cmd_score(args: argparse.Namespace) -> None:
     from rationality.scoring.score import ScoringOptions, score_stores
 
-    path = score_stores(args.cache, args.masks, args.out, ScoringOptions(normalization=args.normalization),
-                        dask_address=args.dask_address)
+    path = score_stores(args.cache, args.masks, args.out,
+                        ScoringOptions(normalization=args.normalization, metrics=tuple(args.metrics)),
+                        dask_address=args.dask_address, projections_path=args.projections)
     print(f"wrote {path}")
+
+
+def _metric_thresholds(text: str) -> dict[str, float]:
+    """``--metric-thresholds``: a JSON/YAML mapping of registered metric names to thresholds."""
+    from rationality.scoring.localisation import metric_class
+
+    thresholds = _json("--metric-thresholds")(text) or {}
+    if not isinstance(thresholds, dict) or not all(
+            isinstance(value, (int, float)) and not isinstance(value, bool) for value in thresholds.values()):
+        raise argparse.ArgumentTypeError("--metric-thresholds must map metric names to numbers, e.g. '{auc: 0.8}'")
+    for name in thresholds:
+        try:
+            metric_class(name)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(f"--metric-thresholds: {exc}") from None
+    return {str(name): float(value) for name, value in thresholds.items()}
+
+
+def _primary_threshold(args: argparse.Namespace) -> float:
+    """The threshold of the primary metric of the first scores store, for one-metric figures."""
+    from rationality.report.tables import open_scores, primary_metric
+    from rationality.scoring.localisation import threshold_for
+
+    return threshold_for(primary_metric(open_scores(args.scores[:1])[0]), args.threshold, args.metric_thresholds)
 
 
 def _table(args: argparse.Namespace):
     from rationality.report.tables import rationality_table
 
     return rationality_table(args.scores, threshold=args.threshold, undefined=args.undefined,
-                             policies=args.policies)
+                             policies=args.policies, thresholds=args.metric_thresholds)
 
 
 def _cmd_rescore(args: argparse.Namespace) -> None:
     table = _table(args)
-    shown = ["model", "dataset", "method", "explainer", "start_layer_policy", "start_layer",
-             "accuracy", "pt", "ir", "rr", "rw", "wr", "ww", "n", "n_undefined"]
+    shown = ["model", "dataset", "method", "seed", "metric", "explainer", "start_layer_policy", "start_layer",
+             "threshold", "accuracy", "pt", "ir", "rr", "rw", "wr", "ww", "n", "n_undefined"]
     print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 def _cmd_table(args: argparse.Namespace) -> None:
     from rationality.report.layout import write_layout
+    from rationality.report.tables import primary_rows
 
     table = _table(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6f")
     print(f"wrote {args.out} ({len(table)} rows)")
-    for path in write_layout(table, csv=args.paper_csv, markdown=args.markdown, latex=args.latex, digits=args.digits,
-                             grids=args.grids):
+    for path in write_layout(primary_rows(table), csv=args.paper_csv, markdown=args.markdown, latex=args.latex,
+                             digits=args.digits, grids=args.grids):
         print(f"wrote {path}")
 
 
 def _cmd_ablation_table(args: argparse.Namespace) -> None:
     from rationality.report.ablations import write_ablation
-    from rationality.report.tables import rationality_table
+    from rationality.report.tables import primary_rows, rationality_table
 
-    table = rationality_table(args.scores, threshold=args.threshold, undefined=args.undefined,
-                              policies=[args.layout["policy"]])
+    table = primary_rows(rationality_table(args.scores, threshold=args.threshold, undefined=args.undefined,
+                                           policies=[args.layout["policy"]], thresholds=args.metric_thresholds))
     for path in write_ablation(table, args.layout, csv=args.out, markdown=args.markdown, latex=args.latex,
                                digits=args.digits):
         print(f"wrote {path}")
@@ -189,7 +215,8 @@ def _cmd_bootstrap(args: argparse.Namespace) -> None:
     from rationality.report.bootstrap import bootstrap_table
 
     table = bootstrap_table(args.scores, threshold=args.threshold, undefined=args.undefined, policies=args.policies,
-                            resamples=args.resamples, seed=args.seed, confidence=args.confidence)
+                            resamples=args.resamples, seed=args.seed, confidence=args.confidence,
+                            thresholds=args.metric_thresholds)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6f")
     print(f"wrote {args.out} ({len(table)} rows)")
@@ -203,14 +230,15 @@ def _cmd_figure(args: argparse.Namespace) -> None:
     if args.figure == "threshold":
         write_threshold_figure(args.scores, args.out, policy=args.policy, undefined=args.undefined)
     elif args.figure == "start-layer":
-        write_start_layer_figure(args.scores, args.out, threshold=args.threshold, undefined=args.undefined)
+        write_start_layer_figure(args.scores, args.out, threshold=_primary_threshold(args), undefined=args.undefined)
     elif args.figure == "ood":
         write_ood_figure(args.scores, args.out, explainer=args.explainer, policy=args.policy,
-                         threshold=args.threshold, undefined=args.undefined, per_corruption=args.per_corruption)
+                         threshold=_primary_threshold(args), undefined=args.undefined,
+                         per_corruption=args.per_corruption)
     else:
         ids = write_gallery(args.scores, args.cache, args.masks, args.out, selection=args.selection,
                             count=args.samples, explainer=args.explainer, policy=args.policy,
-                            threshold=args.threshold, undefined=args.undefined)
+                            threshold=_primary_threshold(args), undefined=args.undefined)
         print(f"samples: {', '.join(ids) or 'none'}")
     print(f"wrote {args.out}")
 
@@ -224,17 +252,27 @@ def _cmd_show(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def threshold_options(command: argparse.ArgumentParser) -> None:
+    """``--threshold`` (RMA's) and ``--metric-thresholds`` (the other metrics')."""
+    from rationality.scoring.metrics import DEFAULT_THRESHOLD
+
+    command.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                         help="RMA at or above which evidence is valid (the paper's 0.5)")
+    command.add_argument("--metric-thresholds", type=_metric_thresholds, default={},
+                         help="other metrics' thresholds as JSON, e.g. '{auc: 0.8}' (default: each metric's own)")
+
+
 def _add_report_commands(commands: argparse._SubParsersAction) -> None:
     """The ``bootstrap``, ``figure`` and ``show`` subcommands: tables and figures from stores, no model run."""
     from rationality.report.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
     from rationality.report.gallery import DEFAULT_SAMPLES, SELECTIONS
     from rationality.report.tables import START_LAYER_POLICIES
-    from rationality.scoring.metrics import DEFAULT_THRESHOLD, UNDEFINED_POLICIES
+    from rationality.scoring.metrics import UNDEFINED_POLICIES
     from rationality.scoring.rma import NORMALIZATIONS
 
     def scoring_options(command: argparse.ArgumentParser, threshold: bool = True) -> None:
         if threshold:
-            command.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+            threshold_options(command)
         command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
                              help="how samples with undefined RMA count")
 
@@ -293,8 +331,9 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from rationality.report.tables import START_LAYER_POLICIES
-    from rationality.scoring.metrics import DEFAULT_THRESHOLD, UNDEFINED_POLICIES
+    from rationality.scoring.metrics import UNDEFINED_POLICIES
     from rationality.scoring.rma import NORMALIZATIONS
+    from rationality.scoring.score import DEFAULT_METRICS
 
     parser = argparse.ArgumentParser(prog="rationality", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"rationality {__version__}")
@@ -385,7 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="per-sample RMA of a cache store against a mask store")
     score.add_argument("--cache", required=True)
     score.add_argument("--masks", required=True, help="mask store, or projections store for the cache's grid")
-    score.add_argument("--normalization", choices=NORMALIZATIONS, default="minmax")
+    score.add_argument("--projections", help="the mask store's projections store for the cache's grid (faster)")
+    score.add_argument("--normalization", choices=NORMALIZATIONS, default="minmax",
+                       help="the normalisation tables report (the store holds both)")
+    score.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS),
+                       help="registered localisation metrics (rationality list metrics); the first is the primary one")
     score.add_argument("--dask-address", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
                        help="compute on this Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else locally)")
     score.add_argument("--out", required=True, help="scores store (.zarr) to write")
@@ -395,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("table", "write the PT / IR table of scores stores as CSV")):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("scores", nargs="+", help="scores stores (.zarr)")
-        command.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+        threshold_options(command)
         command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
                              help="how samples with undefined RMA count")
         command.add_argument("--policies", nargs="+", choices=START_LAYER_POLICIES,
@@ -414,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("scores", nargs="+", help="scores stores (.zarr) of every run the table names")
     ablation.add_argument("--layout", required=True, type=_json("--layout"),
                           help="which run fills which cell, as JSON (see rationality.report.ablations)")
-    ablation.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    threshold_options(ablation)
     ablation.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
                           help="how samples with undefined RMA count")
     ablation.add_argument("--out", required=True, help="CSV to write")

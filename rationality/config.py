@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
                 raise ConfigError(f"{source} is invalid:\n  {where}.{section}: {unknown} not defined under {section}")
     _check_ood(filled, source)
     _check_ablations(filled, source)
+    _check_registered_names(filled, source)
+    _check_seeds(filled, source)
     for model, pretrain in filled["pretrain"].items():
         expected = pretrained_path(model)
         if model not in filled["models"] or filled["models"][model]["pretrained"] != expected:
@@ -75,6 +78,44 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
             raise ConfigError(f"{source} is invalid:\n  pretrain.{model}.dataset: {pretrain['dataset']!r} "
                               f"is not defined under datasets")
     return filled
+
+
+def _check_registered_names(config: dict[str, Any], source: str) -> None:
+    """Explainers and localisation metrics are registered (the schema takes any name: registries are open);
+    every metric can score every model's frame; ``scoring.thresholds`` names scored metrics other than RMA."""
+    from rationality.explain.base import list_explainers
+    from rationality.scoring.localisation import create_metric, list_metrics
+
+    problems = [f"explainers: {name!r} is not a registered explainer; known: {', '.join(list_explainers())}"
+                for name in config["explainers"] if name not in list_explainers()]
+    scoring = config["scoring"]
+    problems += [f"scoring.metrics: {name!r} is not a registered localisation metric; known: "
+                 f"{', '.join(list_metrics())}" for name in scoring["metrics"] if name not in list_metrics()]
+    for name in scoring["thresholds"]:
+        if name == "rma":
+            problems.append("scoring.thresholds.rma: RMA's threshold is the top-level key `threshold`")
+        elif name not in scoring["metrics"]:
+            problems.append(f"scoring.thresholds.{name}: {name!r} is not one of scoring.metrics {scoring['metrics']}")
+    if not problems:
+        for name in scoring["metrics"]:
+            for model, spec in config["models"].items():
+                try:
+                    create_metric(name).check_frame((spec["input_size"], spec["input_size"]))
+                except ConfigError as exc:
+                    problems.append(f"scoring.metrics: models.{model}: {exc}")
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+
+
+def _check_seeds(config: dict[str, Any], source: str) -> None:
+    """No method or ablation setup is named like the run of an extra seed."""
+    problems = [f"methods.{name}: a method name cannot end in {SEED_SEPARATOR}seed<n> (the runs of extra seeds)"
+                 for name in config["methods"] if SEED_RUN.fullmatch(name)]
+    problems += [f"ablations.{name}.setups.{setup}: a setup cannot be named seed<n> (the runs of extra seeds)"
+                 for name, ablation in config["ablations"].items() for setup in ablation["setups"]
+                 if re.fullmatch(r"seed\d+", setup)]
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
 
 
 def _check_ood(config: dict[str, Any], source: str) -> None:
@@ -195,6 +236,42 @@ def run_triples(config: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 #: Joins a method and an ablation setup in the name of the setup's own run: ``lp@adamw``.
 ABLATION_SEPARATOR = "@"
+#: Joins a method and a seed in the name of the run of an extra seed: ``lp@seed1``.
+SEED_SEPARATOR = ABLATION_SEPARATOR
+SEED_RUN = re.compile(rf"(?P<method>.+){SEED_SEPARATOR}seed(?P<seed>\d+)")
+
+
+def run_seeds(config: dict[str, Any]) -> list[int]:
+    """The seeds every trained method runs with: ``seeds``, or ``[seed]``."""
+    return list(config["seeds"]) if config.get("seeds") is not None else [config["seed"]]
+
+
+def seed_run_name(method: str, seed: int) -> str:
+    """The run name of ``method`` trained with an extra seed (not the first of :func:`run_seeds`)."""
+    return f"{method}{SEED_SEPARATOR}seed{seed}"
+
+
+def seed_triples(config: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The runs of the extra seeds, (model, dataset, ``<method>@seed<n>``), for every run of the ``runs``
+    grids whose method depends on the seed (not zero-shot), in config order."""
+    from rationality.methods.base import method_class
+
+    return [(model, dataset, seed_run_name(method, seed))
+            for seed in run_seeds(config)[1:] for model, dataset, method in run_triples(config)
+            if method_class(config["methods"][method]["kind"]).seeded]
+
+
+def run_seed(config: dict[str, Any], run: str) -> int:
+    """The seed a run trains with: the extra seed of a ``<method>@seed<n>`` run, else the first seed."""
+    match = SEED_RUN.fullmatch(run)
+    return int(match["seed"]) if match and match["method"] in config["methods"] else run_seeds(config)[0]
+
+
+def run_method(config: dict[str, Any], run: str) -> str:
+    """The method a run's stores are labelled with: ``lp`` for ``lp@seed1`` (the store records the seed),
+    else the run name itself (an ablation setup's run keeps its name, e.g. ``lp@adamw``)."""
+    match = SEED_RUN.fullmatch(run)
+    return match["method"] if match and match["method"] in config["methods"] else run
 
 
 def ablation_run_name(method: str, setup: str) -> str:
@@ -244,7 +321,10 @@ def ablation_triples(config: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def method_spec_for(config: dict[str, Any], model: str, dataset: str, method: str) -> dict[str, Any]:
     """The method spec of one run: ``methods.<method>`` with every matching ``overrides`` entry applied;
-    for an ablation setup's run ``<method>@<setup>``, that spec with the setup's changes."""
+    for an ablation setup's run ``<method>@<setup>``, that spec with the setup's changes; for an extra
+    seed's run ``<method>@seed<n>``, the method's."""
+    if method not in config["methods"] and run_method(config, method) in config["methods"]:
+        return method_spec_for(config, model, dataset, run_method(config, method))
     if method not in config["methods"]:
         cell = next(cell for cell in ablation_cells(config) if cell.run == (model, dataset, method))
         return {**method_spec_for(config, model, dataset, cell.method), **cell.changes}

@@ -30,6 +30,8 @@ class AdaptationMethod(abc.ABC):
     """Base of every method; subclasses are dataclasses whose fields are the hyper-parameters."""
 
     kind: ClassVar[str]
+    #: Whether results depend on the training seed (a method trained with ``seeds`` runs once per seed).
+    seeded: ClassVar[bool] = True
     paper_start_layer: ClassVar[Literal["first", "last"]]
     trains_image_tower: ClassVar[bool] = False
 
@@ -78,6 +80,8 @@ _METHODS: Registry[type[AdaptationMethod]] = Registry("adaptation method", "rati
 register_method = _METHODS.register
 #: Kinds of the registered adaptation methods.
 list_methods = _METHODS.names
+#: The method class registered as a kind (ConfigError listing the known kinds otherwise).
+method_class = _METHODS.get
 
 
 def create_method(spec: dict[str, Any]) -> AdaptationMethod:

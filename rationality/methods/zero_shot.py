@@ -18,6 +18,7 @@ class ZeroShot(AdaptationMethod):
     """logits = logit_scale * cos(image, prompt_c); heatmaps explain that similarity logit."""
 
     paper_start_layer = "last"
+    seeded = False  # nothing is trained: the seed changes nothing
 
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
             run: Run) -> ImageClassifier:

@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 from tqdm import tqdm
 
 from rationality import schema
-from rationality.report.tables import START_LAYER_POLICIES, open_scores, policy_start_layer, row_key
-from rationality.scoring.metrics import DEFAULT_THRESHOLD, Outcome, UndefinedPolicy, outcome_codes, rationality_metrics
+from rationality.report.tables import (
+    START_LAYER_POLICIES, metric_view, open_scores, policy_start_layer, row_key, store_metrics, with_seed_column,
+)
+from rationality.scoring.localisation import metric_class, threshold_for
+from rationality.scoring.metrics import DEFAULT_THRESHOLD, Outcome, UndefinedPolicy, outcome_codes
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
@@ -109,36 +113,59 @@ def percentile_interval(distribution: np.ndarray, confidence: float = DEFAULT_CO
     return low, high
 
 
+def outcome_columns(scores: xr.Dataset, policies: Sequence[str], threshold: float, undefined: UndefinedPolicy,
+                    thresholds: Mapping[str, float] | None = None, normalization: str | None = None,
+                    metrics: Sequence[str] | None = None) -> tuple[list[dict[str, object]], np.ndarray]:
+    """Outcome codes of every (metric, start-layer policy, explainer) column of one scores store.
+
+    Args:
+        threshold, thresholds: RMA's threshold and other metrics' (see :func:`~rationality.scoring.localisation.threshold_for`).
+        normalization: the heatmap normalisation (default: the store's).
+        metrics: which metrics (default: all the store holds).
+
+    Returns:
+        The columns' keys (:func:`~rationality.report.tables.row_key` plus ``threshold``), and codes
+        [n, K] int8 in the same order.
+    """
+    keys, codes = [], []
+    correct = scores[schema.CORRECT].values
+    explainers = [str(e) for e in scores.coords[schema.EXPLAINER].values]
+    for metric in metrics or store_metrics(scores):
+        view = metric_view(scores, metric, normalization)
+        values, edge = view[schema.SCORE].values, view[schema.EDGE_CASE].values
+        cut, direction = threshold_for(metric, threshold, thresholds), metric_class(metric).direction
+        for policy in policies:
+            layer = policy_start_layer(policy, scores)
+            for e, explainer in enumerate(explainers):
+                keys.append({**row_key(scores, explainer, policy, metric), "threshold": cut})
+                codes.append(outcome_codes(values[:, e, layer], edge[:, e, layer], correct, cut, undefined, direction))
+    return keys, np.stack(codes, axis=1)
+
+
 def bootstrap_table(score_paths: Sequence[str | Path], threshold: float = DEFAULT_THRESHOLD,
                     undefined: UndefinedPolicy = "invalid", policies: Sequence[str] = START_LAYER_POLICIES,
                     resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-                    confidence: float = DEFAULT_CONFIDENCE, progress: bool = True) -> pd.DataFrame:
-    """Point estimates and bootstrap intervals of accuracy, PT and IR for every scores store.
+                    confidence: float = DEFAULT_CONFIDENCE, progress: bool = True,
+                    thresholds: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """Point estimates and bootstrap intervals of accuracy, PT and IR for every scores store and metric.
 
-    One row per (store, explainer, start-layer policy), keyed like
+    One row per (store, metric, explainer, start-layer policy), keyed like
     :func:`~rationality.report.tables.rationality_table`; columns ``<statistic>``, ``<statistic>_low``,
     ``<statistic>_high`` for each of :data:`STATISTICS`, then ``n``, ``confidence``, ``resamples``,
-    ``seed``, ``threshold``, ``undefined_policy``.
+    ``bootstrap_seed`` (the resampling seed), ``undefined_policy``; ``threshold`` is each metric's.
 
     Raises:
         StoreError: a store is missing or invalid, or stores were scored with different options.
     """
     rows = []
     for scores in tqdm(open_scores(score_paths), desc="bootstrap", unit="store", disable=not progress):
-        rma, edge = scores[schema.RMA].values, scores[schema.EDGE_CASE].values
-        correct = scores[schema.CORRECT].values
-        explainers = [str(e) for e in scores.coords[schema.EXPLAINER].values]
-        columns = [(policy, e, explainer) for policy in policies for e, explainer in enumerate(explainers)]
-        layers = [policy_start_layer(policy, scores) for policy, _, _ in columns]
-        codes = np.stack([outcome_codes(rma[:, e, layer], edge[:, e, layer], correct, threshold, undefined)
-                          for (_, e, _), layer in zip(columns, layers)], axis=1)
+        keys, codes = outcome_columns(scores, policies, threshold, undefined, thresholds)
         low, high = percentile_interval(bootstrap_distribution(codes, resamples, seed), confidence)
-        for k, ((policy, e, explainer), layer) in enumerate(zip(columns, layers)):
-            point = rationality_metrics(rma[:, e, layer], edge[:, e, layer], correct, threshold, undefined).to_dict()
+        point = statistics_from_counts(np.stack([np.bincount(column, minlength=len(Outcome)) for column in codes.T]))
+        for k, key in enumerate(keys):
             intervals = {}
             for s, name in enumerate(STATISTICS):
-                intervals.update({name: point[name], f"{name}_low": low[k, s], f"{name}_high": high[k, s]})
-            rows.append({**row_key(scores, explainer, policy), **intervals, "n": len(correct),
-                         "confidence": confidence, "resamples": resamples, "seed": seed, "threshold": threshold,
-                         "undefined_policy": undefined})
-    return pd.DataFrame(rows)
+                intervals.update({name: point[k, s], f"{name}_low": low[k, s], f"{name}_high": high[k, s]})
+            rows.append({**key, **intervals, "n": len(codes), "confidence": confidence, "resamples": resamples,
+                         "bootstrap_seed": seed, "undefined_policy": undefined})
+    return with_seed_column(pd.DataFrame(rows))

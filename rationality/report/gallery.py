@@ -13,7 +13,7 @@ within a class by sample id), so a small gallery shows several classes, and the 
 
 Layout of :func:`gallery_figure`: one row per sample (labelled with its id and class), one column
 for the image with the mask outline, then one column per method with its heatmap over the image and
-the sample's quadrant and RMA beneath. :func:`show_figure` (``rationality show``) draws one sample:
+the sample's quadrant and its primary metric's score (RMA by default) beneath. :func:`show_figure` (``rationality show``) draws one sample:
 one column per cache store, one row per (explainer, start-layer policy), RMA computed on the spot
 from the mask store, so it needs no scores store.
 """
@@ -30,7 +30,8 @@ from rationality import schema
 from rationality.errors import StoreError
 from rationality.report.figures import empty_figure, panel_figure, save_figure
 from rationality.report.overlay import draw_image, draw_overlay, model_input_images
-from rationality.report.tables import START_LAYER_POLICIES, open_scores, policy_start_layer
+from rationality.report.tables import START_LAYER_POLICIES, metric_view, open_scores, policy_start_layer, primary_metric
+from rationality.scoring.localisation import metric_class
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, outcome_codes, outcome_names
 from rationality.scoring.rma import MaskProjector, Normalization, relevance_mass_accuracy
 
@@ -73,12 +74,14 @@ def _column(scores: xr.Dataset, explainer: str | None, policy: str) -> dict[str,
 
 def outcomes(stores: Sequence[xr.Dataset], explainer: str | None = None, policy: str = "paper",
              threshold: float = DEFAULT_THRESHOLD, undefined: UndefinedPolicy = "invalid") -> np.ndarray:
-    """:class:`~rationality.scoring.metrics.Outcome` codes [store, sample] of aligned scores stores."""
+    """:class:`~rationality.scoring.metrics.Outcome` codes [store, sample] of aligned scores stores, by their
+    primary metric at ``threshold``."""
+    views = [metric_view(s) for s in stores]
     return np.stack([
-        outcome_codes(s[schema.RMA].sel(_column(s, explainer, policy)).values,
-                      s[schema.EDGE_CASE].sel(_column(s, explainer, policy)).values,
-                      s[schema.CORRECT].values, threshold, undefined)
-        for s in stores])
+        outcome_codes(v[schema.SCORE].sel(_column(s, explainer, policy)).values,
+                      v[schema.EDGE_CASE].sel(_column(s, explainer, policy)).values,
+                      s[schema.CORRECT].values, threshold, undefined, metric_class(primary_metric(s)).direction)
+        for s, v in zip(stores, views)])
 
 
 def round_robin(ids: np.ndarray, labels: np.ndarray) -> list[str]:
@@ -161,9 +164,9 @@ def gallery_figure(pairs: Sequence[tuple[xr.Dataset, xr.Dataset]], masks: xr.Dat
             column = _column(s, explainer, policy)
             draw_overlay(ax, cache[schema.HEATMAP].sel({schema.SAMPLE: sample_id, **column}).values, mask,
                          images.get(sample_id))
-            rma = float(s[schema.RMA].sel({schema.SAMPLE: sample_id, **column}))
+            value = float(metric_view(s)[schema.SCORE].sel({schema.SAMPLE: sample_id, **column}))
             outcome = outcome_names(codes[m, position[sample_id]])
-            ax.set_xlabel(f"{outcome} · RMA {rma:.2f}", fontsize="small")
+            ax.set_xlabel(f"{outcome} · {metric_class(primary_metric(s)).title} {value:.2f}", fontsize="small")
     axes[0, 0].set_title("image", fontsize="medium")
     for ax, (s, _) in zip(axes[0, 1:], pairs):
         ax.set_title(f"{_method_label(s)} (s={_column(s, explainer, policy)[schema.START_LAYER]})", fontsize="medium")

@@ -1,7 +1,7 @@
 """The PT / IR table from scores stores: thresholds and start-layer policies applied, no model run.
 
-One row per (model, dataset, method, explainer, start-layer policy), with the store's corruption and
-severity (``none`` and 0 for clean data; the workflow's tables hold clean stores only, out-of-distribution
+One row per (model, dataset, method, seed, localisation metric, explainer, start-layer policy), at the
+metric's threshold and the stores' normalisation, with the store's corruption and severity (``none`` and 0 for clean data; the workflow's tables hold clean stores only, out-of-distribution
 stores go to the severity figures of :mod:`rationality.report.ood`). Policies:
 
 * ``paper``: the start layer the paper's code used for the method (last block for prompt-based
@@ -10,12 +10,15 @@ stores go to the severity figures of :mod:`rationality.report.ood`). Policies:
 * ``last_block``: start layer L-1 for every method.
 
 The two uniform policies compare methods like for like; ``paper`` reproduces the paper's choice.
+
+Tables and figures that show one metric show the stores' *primary* metric, the first of their
+``metric`` dimension (the config's first ``scoring.metrics``, RMA by default).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,13 +26,15 @@ import xarray as xr
 
 from rationality import schema
 from rationality.errors import StoreError
+from rationality.scoring.localisation import metric_class, threshold_for
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
 
 START_LAYER_POLICIES: tuple[str, ...] = ("paper", "all_blocks", "last_block")
 TABLE_COLUMNS = [
-    "model", "dataset", "method", "method_kind", "corruption", "severity", "explainer", "start_layer_policy",
-    "start_layer", "accuracy", "pt", "ir", "rr", "rw", "wr", "ww", "n", "n_undefined", "n_empty_mask", "n_zero_sum_heatmap",
-    "n_non_finite_heatmap", "n_excluded", "threshold", "undefined_policy", "normalization",
+    "model", "dataset", "method", "method_kind", "seed", "corruption", "severity", "metric", "explainer",
+    "start_layer_policy", "start_layer", "accuracy", "pt", "ir", "rr", "rw", "wr", "ww", "n", "n_undefined",
+    "n_empty_mask", "n_zero_sum_heatmap", "n_non_finite_heatmap", "n_full_mask", "n_excluded", "threshold",
+    "undefined_policy", "normalization",
 ]
 #: How tables and figures name the three metrics.
 METRIC_LABELS = {"accuracy": "accuracy", "pt": "PT", "ir": "IR"}
@@ -45,6 +50,30 @@ def policy_start_layer(policy: str, scores: xr.Dataset) -> int:
     if policy == "last_block":
         return n_layers - 1
     raise ValueError(f"start-layer policy must be one of {START_LAYER_POLICIES}, got {policy!r}")
+
+
+def primary_metric(scores: xr.Dataset) -> str:
+    """The metric a one-metric table or figure shows: the first of the store's ``metric`` dimension."""
+    return str(scores.coords[schema.METRIC].values[0])
+
+
+def store_normalization(scores: xr.Dataset) -> str:
+    """The heatmap normalisation tables report for a store (its scoring option; the store holds both)."""
+    return str(schema.json_attr(scores, schema.ATTR_SCORING)["normalization"])
+
+
+def metric_view(scores: xr.Dataset, metric: str | None = None, normalization: str | None = None) -> xr.Dataset:
+    """One metric under one normalisation: the store with ``score`` and ``edge_case`` (sample, explainer,
+    start_layer). Default: the primary metric and the store's normalisation.
+
+    Raises:
+        StoreError: the store holds no such metric.
+    """
+    metric = metric or primary_metric(scores)
+    if metric not in scores.indexes[schema.METRIC]:
+        raise StoreError(f"{scores.attrs.get(schema.ATTR_CACHE_PATH, 'a scores store')} was scored without metric "
+                         f"{metric!r} (it holds {list(scores.indexes[schema.METRIC])}): re-score it")
+    return scores.sel({schema.METRIC: metric, schema.NORMALIZATION: normalization or store_normalization(scores)})
 
 
 def open_scores(score_paths: Sequence[str | Path]) -> list[xr.Dataset]:
@@ -67,37 +96,62 @@ def edge_case_counts(edge_case: np.ndarray) -> dict[str, int]:
     return {f"n_{case.name.lower()}": int(counts[case]) for case in schema.EdgeCase if case != schema.EdgeCase.OK}
 
 
-def row_key(scores: xr.Dataset, explainer: str, policy: str) -> dict[str, object]:
-    """The columns that say which result a row is, ``model`` to ``start_layer``, for one (store, explainer, policy)."""
+def row_key(scores: xr.Dataset, explainer: str, policy: str, metric: str | None = None) -> dict[str, object]:
+    """The columns that say which result a row is, ``model`` to ``start_layer``, for one (store, metric,
+    explainer, policy); ``metric`` defaults to the primary one."""
     return {
         "model": scores.attrs[schema.ATTR_MODEL], "dataset": scores.attrs[schema.ATTR_DATASET],
         "method": scores.attrs[schema.ATTR_METHOD], "method_kind": scores.attrs[schema.ATTR_METHOD_KIND],
-        "corruption": scores.attrs[schema.ATTR_CORRUPTION], "severity": int(scores.attrs[schema.ATTR_SEVERITY]),
+        "seed": scores.attrs[schema.ATTR_SEED], "corruption": scores.attrs[schema.ATTR_CORRUPTION],
+        "severity": int(scores.attrs[schema.ATTR_SEVERITY]), "metric": metric or primary_metric(scores),
         "explainer": explainer, "start_layer_policy": policy, "start_layer": policy_start_layer(policy, scores),
     }
 
 
+def store_metrics(scores: xr.Dataset) -> list[str]:
+    """The metrics a store holds, in its order (the first is the primary one)."""
+    return [str(m) for m in scores.coords[schema.METRIC].values]
+
+
 def rationality_table(score_paths: Sequence[str | Path], threshold: float = DEFAULT_THRESHOLD,
-                      undefined: UndefinedPolicy = "invalid",
-                      policies: Sequence[str] = START_LAYER_POLICIES) -> pd.DataFrame:
-    """Accuracy, quadrants, PT, IR and edge-case counts of every scores store; columns :data:`TABLE_COLUMNS`.
+                      undefined: UndefinedPolicy = "invalid", policies: Sequence[str] = START_LAYER_POLICIES,
+                      thresholds: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """Accuracy, quadrants, PT, IR and edge-case counts of every scores store and metric; columns
+    :data:`TABLE_COLUMNS`.
+
+    Args:
+        threshold: RMA's threshold (the paper's 0.5).
+        thresholds: other metrics' thresholds by name (default: each metric's own).
 
     Raises:
         StoreError: a store is missing or invalid, or stores were scored with different options.
     """
     rows = []
     for scores in open_scores(score_paths):
-        rma = scores[schema.RMA].values
-        edge = scores[schema.EDGE_CASE].values
         correct = scores[schema.CORRECT].values
         explainers = [str(e) for e in scores.coords[schema.EXPLAINER].values]
-        for policy in policies:
-            layer = policy_start_layer(policy, scores)
-            for e, explainer in enumerate(explainers):
-                metrics = rationality_metrics(rma[:, e, layer], edge[:, e, layer], correct, threshold, undefined)
-                rows.append({
-                    **row_key(scores, explainer, policy), **metrics.to_dict(), **edge_case_counts(edge[:, e, layer]),
-                    "threshold": threshold, "undefined_policy": undefined,
-                    "normalization": schema.json_attr(scores, schema.ATTR_SCORING)["normalization"],
-                })
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+        for metric in store_metrics(scores):
+            view = metric_view(scores, metric)
+            values, edge = view[schema.SCORE].values, view[schema.EDGE_CASE].values
+            cut, direction = threshold_for(metric, threshold, thresholds), metric_class(metric).direction
+            for policy in policies:
+                layer = policy_start_layer(policy, scores)
+                for e, explainer in enumerate(explainers):
+                    counts = rationality_metrics(values[:, e, layer], edge[:, e, layer], correct, cut, undefined,
+                                                 direction)
+                    rows.append({
+                        **row_key(scores, explainer, policy, metric), **counts.to_dict(),
+                        **edge_case_counts(edge[:, e, layer]), "threshold": cut, "undefined_policy": undefined,
+                        "normalization": store_normalization(scores),
+                    })
+    return with_seed_column(pd.DataFrame(rows, columns=TABLE_COLUMNS))
+
+
+def with_seed_column(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its ``seed`` column as nullable integers (empty for a method the seed does not change)."""
+    return table.astype({"seed": "Int64"}) if "seed" in table else table
+
+
+def primary_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a long table's primary metric (that of its first row)."""
+    return table[table["metric"] == table["metric"].iloc[0]] if len(table) else table

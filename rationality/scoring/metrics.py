@@ -1,6 +1,8 @@
-"""From per-sample RMA to valid evidence, quadrants, PT, IR and accuracy (pure numpy kernels).
+"""From per-sample RMA (or another localisation score) to valid evidence, quadrants, PT, IR and accuracy
+(pure numpy kernels).
 
-* valid evidence: RMA >= threshold;
+* valid evidence: RMA >= threshold (for a localisation metric whose direction is ``lower``, score <=
+  threshold; see :mod:`rationality.scoring.localisation`);
 * quadrants: RR (correct, valid), RW (correct, invalid), WR (wrong, valid), WW (wrong, invalid);
 * Prediction Trustworthiness PT = RR / (RR + RW): of the correct predictions, the share on valid evidence;
 * Inference Reliability IR = RR / (RR + WR): of the samples with valid evidence, the share predicted right;
@@ -33,6 +35,7 @@ from rationality.schema import EdgeCase
 UndefinedPolicy = Literal["invalid", "valid", "exclude", "paper_code"]
 UNDEFINED_POLICIES: tuple[str, ...] = ("invalid", "valid", "exclude", "paper_code")
 DEFAULT_THRESHOLD = 0.5
+Direction = Literal["higher", "lower"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Outcome(enum.IntEnum):
 
 
 def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, threshold: float,
-                  undefined: UndefinedPolicy = "invalid") -> np.ndarray:
+                  undefined: UndefinedPolicy = "invalid", direction: Direction = "higher") -> np.ndarray:
     """Per-sample :class:`Outcome` codes.
 
     Args:
@@ -77,6 +80,7 @@ def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, t
         threshold: RMA at or above which evidence is valid.
         undefined: policy for samples with undefined RMA (``invalid``, ``valid``, ``exclude``,
             ``paper_code``; see the module docstring).
+        direction: ``higher``: valid at ``rma >= threshold``; ``lower``: at ``rma <= threshold``.
 
     Returns:
         int8 [n, ...], the shape of ``rma``.
@@ -88,6 +92,8 @@ def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, t
     undefined_mask = edge_case != EdgeCase.OK
     # Compare in RMA's own precision: a float32 RMA of 0.7 is valid at threshold 0.7.
     threshold = np.asarray(threshold, dtype=rma.dtype)
+    if direction == "lower":  # valid at rma <= threshold: the same test on negated values
+        rma, threshold = -rma, -threshold
     if undefined == "paper_code":  # NaN counts as valid evidence; an empty mask is an RMA of 0
         undefined_valid = np.where(edge_case == EdgeCase.EMPTY_MASK, threshold <= 0, True)
     else:
@@ -112,7 +118,7 @@ def _ratio(numerator: int, denominator: int) -> float:
 
 def rationality_metrics(
     rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray,
-    threshold: float = DEFAULT_THRESHOLD, undefined: UndefinedPolicy = "invalid",
+    threshold: float = DEFAULT_THRESHOLD, undefined: UndefinedPolicy = "invalid", direction: Direction = "higher",
 ) -> RationalityMetrics:
     """Quadrants, PT, IR and accuracy for one set of samples.
 
@@ -122,11 +128,13 @@ def rationality_metrics(
         correct: [n] bool, prediction == label.
         threshold: RMA at or above which evidence is valid.
         undefined: policy for samples with undefined RMA.
+        direction: see :func:`outcome_codes`.
     """
     rma, edge_case, correct = np.asarray(rma), np.asarray(edge_case), np.asarray(correct, dtype=bool)
     if not (rma.shape == edge_case.shape == correct.shape and rma.ndim == 1):
         raise ValueError(f"rma, edge_case and correct must be [n], got {rma.shape}, {edge_case.shape}, {correct.shape}")
-    counts = np.bincount(outcome_codes(rma, edge_case, correct, threshold, undefined), minlength=len(Outcome))
+    counts = np.bincount(outcome_codes(rma, edge_case, correct, threshold, undefined, direction),
+                         minlength=len(Outcome))
     rr, rw, wr, ww = (int(counts[outcome]) for outcome in (Outcome.RR, Outcome.RW, Outcome.WR, Outcome.WW))
     return RationalityMetrics(
         accuracy=_ratio(int(correct.sum()), len(correct)), pt=_ratio(rr, rr + rw), ir=_ratio(rr, rr + wr),

@@ -25,6 +25,7 @@ rule infer:
         device=config["infer"]["device"],
         num_workers=config["infer"]["num_workers"],
         precision=config["infer"]["precision"],
+        method_name=store_method_name,
     log:
         "results/logs/infer/{model}/{dataset}/{method}.log",
     benchmark:
@@ -37,7 +38,8 @@ rule infer:
         "rationality infer --checkpoint {input.checkpoint:q}"
         " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
         " --explainers {params.explainers} --batch-size {params.batch_size} --device {params.device}"
-        " --num-workers {params.num_workers} --precision {params.precision} --model-name {wildcards.model} --method-name {wildcards.method}"
+        " --num-workers {params.num_workers} --precision {params.precision} --model-name {wildcards.model}"
+        " --method-name {params.method_name:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 

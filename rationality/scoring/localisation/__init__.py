@@ -1,0 +1,14 @@
+"""Localisation metrics, one class each in a registry: RMA and the metrics Quantus offers."""
+
+from rationality.scoring.localisation.base import (
+    HeatmapBatch,
+    LocalisationMetric,
+    create_metric,
+    list_metrics,
+    metric_class,
+    register_metric,
+    threshold_for,
+)
+
+__all__ = ["HeatmapBatch", "LocalisationMetric", "create_metric", "list_metrics", "metric_class", "register_metric",
+           "threshold_for"]
