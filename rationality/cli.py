@@ -222,12 +222,50 @@ def _cmd_bootstrap(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({len(table)} rows)")
 
 
+def _bootstrap_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(undefined=args.undefined, policies=args.policies, resamples=args.resamples, seed=args.seed,
+                confidence=args.confidence)
+
+
+def _cmd_paired(args: argparse.Namespace) -> None:
+    from rationality.report.paired import write_paired_table
+
+    table = write_paired_table(args.scores, args.out, threshold=args.threshold, thresholds=args.metric_thresholds,
+                               **_bootstrap_options(args))
+    print(f"wrote {args.out} ({len(table)} rows)")
+
+
+def _cmd_seeds(args: argparse.Namespace) -> None:
+    from rationality.report.seeds import write_seeds_table
+
+    for path in write_seeds_table(args.scores, args.out, markdown=args.markdown, threshold=args.threshold,
+                                  thresholds=args.metric_thresholds, **_bootstrap_options(args)):
+        print(f"wrote {path}")
+
+
+def _cmd_claims(args: argparse.Namespace) -> None:
+    from rationality.report.claims import write_claims_table
+
+    table = write_claims_table(args.scores, args.out, **_bootstrap_options(args))
+    counts = table["verdict"].value_counts()
+    print(f"wrote {args.out} ({len(table)} rows: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in
+                                                             ("holds", "reversed", "inconclusive")) + ")")
+
+
 def _cmd_figure(args: argparse.Namespace) -> None:
     from rationality.report.gallery import write_gallery
     from rationality.report.ood import write_ood_figure
     from rationality.report.sweeps import write_start_layer_figure, write_threshold_figure
 
-    if args.figure == "threshold":
+    if args.figure == "paired":
+        from rationality.report.paired import write_paired_figure
+
+        write_paired_figure(args.table, args.model, args.dataset, args.out)
+    elif args.figure == "claims":
+        from rationality.report.claims import write_claims_figure
+
+        write_claims_figure(args.table, args.out)
+    elif args.figure == "threshold":
         write_threshold_figure(args.scores, args.out, policy=args.policy, undefined=args.undefined)
     elif args.figure == "start-layer":
         write_start_layer_figure(args.scores, args.out, threshold=_primary_threshold(args), undefined=args.undefined)
@@ -263,7 +301,8 @@ def threshold_options(command: argparse.ArgumentParser) -> None:
 
 
 def _add_report_commands(commands: argparse._SubParsersAction) -> None:
-    """The ``bootstrap``, ``figure`` and ``show`` subcommands: tables and figures from stores, no model run."""
+    """The ``bootstrap``, ``figure``, ``show``, ``paired``, ``seeds`` and ``claims`` subcommands: tables and figures
+    from stores, no model run."""
     from rationality.report.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
     from rationality.report.gallery import DEFAULT_SAMPLES, SELECTIONS
     from rationality.report.tables import START_LAYER_POLICIES
@@ -313,9 +352,41 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
     gallery.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="at most this many samples")
     heatmap_options(gallery)
     scoring_options(gallery)
-    for command in (threshold, start_layer, ood, gallery):
+    paired_figure = kinds.add_parser("paired", help="Δaccuracy, ΔPT, ΔIR from zero-shot of one model and dataset")
+    paired_figure.add_argument("table", help="the CSV of `rationality paired`")
+    paired_figure.add_argument("--model", required=True)
+    paired_figure.add_argument("--dataset", required=True)
+    claims_figure = kinds.add_parser("claims", help="where each of the paper's claims holds")
+    claims_figure.add_argument("table", help="the CSV of `rationality claims`")
+    for command in (threshold, start_layer, ood, gallery, paired_figure, claims_figure):
         command.add_argument("--out", required=True, help="PNG to write")
     figure.set_defaults(run=_cmd_figure)
+
+    def resampling_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("scores", nargs="+", help="scores stores (.zarr): the runs and their zero-shot run")
+        command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
+                             help="how samples with undefined scores count")
+        command.add_argument("--policies", nargs="+", choices=START_LAYER_POLICIES,
+                             default=list(START_LAYER_POLICIES), help="start-layer policies")
+        command.add_argument("--resamples", type=_positive_int, default=DEFAULT_RESAMPLES)
+        command.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the resampling seed")
+        command.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
+        command.add_argument("--out", required=True, help="CSV to write")
+
+    paired = commands.add_parser("paired", help="Δaccuracy, ΔPT, ΔIR of every run from zero-shot on the same "
+                                                "samples, with paired bootstrap intervals (CSV)")
+    resampling_options(paired)
+    threshold_options(paired)
+    paired.set_defaults(run=_cmd_paired)
+    seeds = commands.add_parser("seeds", help="accuracy, PT, IR over training seeds: mean ± sd and pooled intervals")
+    resampling_options(seeds)
+    threshold_options(seeds)
+    seeds.add_argument("--markdown", help="also write the primary metric's rows as Markdown")
+    seeds.set_defaults(run=_cmd_seeds)
+    claims = commands.add_parser("claims", help="the paper's claims (C1 PT down, C2 IR up, C3 accuracy up) under "
+                                                "every metric, threshold, normalisation, explainer and start layer")
+    resampling_options(claims)
+    claims.set_defaults(run=_cmd_claims)
 
     show = commands.add_parser("show", help="one sample's heatmaps across cache stores (PNG)")
     show.add_argument("sample_id")

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from rationality import schema
 from rationality.report.tables import (
-    START_LAYER_POLICIES, metric_view, open_scores, policy_start_layer, row_key, store_metrics, with_seed_column,
+    START_LAYER_POLICIES, metric_view, open_scores, policy_start_layer, row_key, store_metrics, store_normalization,
+    with_seed_column,
 )
 from rationality.scoring.localisation import metric_class, threshold_for
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, Outcome, UndefinedPolicy, outcome_codes
@@ -113,33 +114,82 @@ def percentile_interval(distribution: np.ndarray, confidence: float = DEFAULT_CO
     return low, high
 
 
-def outcome_columns(scores: xr.Dataset, policies: Sequence[str], threshold: float, undefined: UndefinedPolicy,
-                    thresholds: Mapping[str, float] | None = None, normalization: str | None = None,
-                    metrics: Sequence[str] | None = None) -> tuple[list[dict[str, object]], np.ndarray]:
-    """Outcome codes of every (metric, start-layer policy, explainer) column of one scores store.
+def outcome_columns(scores: xr.Dataset, policies: Sequence[str], undefined: UndefinedPolicy,
+                    cut_offs: Mapping[str, Sequence[float]], normalizations: Sequence[str] | None = None
+                    ) -> tuple[list[dict[str, object]], np.ndarray]:
+    """Outcome codes of every (metric, normalisation, threshold, start-layer policy, explainer) column of a store.
 
     Args:
-        threshold, thresholds: RMA's threshold and other metrics' (see :func:`~rationality.scoring.localisation.threshold_for`).
-        normalization: the heatmap normalisation (default: the store's).
-        metrics: which metrics (default: all the store holds).
+        cut_offs: the thresholds of each metric to apply (metrics not named are left out), e.g.
+            ``{m: [threshold_for(m, ...)]}`` for the configured ones or a metric's claims grid.
+        normalizations: heatmap normalisations (default: the store's).
 
     Returns:
-        The columns' keys (:func:`~rationality.report.tables.row_key` plus ``threshold``), and codes
-        [n, K] int8 in the same order.
+        The columns' keys (:func:`~rationality.report.tables.row_key` plus ``normalization`` and
+        ``threshold``), and codes [n, K] int8 in the same order.
     """
     keys, codes = [], []
     correct = scores[schema.CORRECT].values
     explainers = [str(e) for e in scores.coords[schema.EXPLAINER].values]
-    for metric in metrics or store_metrics(scores):
-        view = metric_view(scores, metric, normalization)
-        values, edge = view[schema.SCORE].values, view[schema.EDGE_CASE].values
-        cut, direction = threshold_for(metric, threshold, thresholds), metric_class(metric).direction
-        for policy in policies:
-            layer = policy_start_layer(policy, scores)
-            for e, explainer in enumerate(explainers):
-                keys.append({**row_key(scores, explainer, policy, metric), "threshold": cut})
-                codes.append(outcome_codes(values[:, e, layer], edge[:, e, layer], correct, cut, undefined, direction))
+    for metric in (m for m in store_metrics(scores) if m in cut_offs):
+        direction = metric_class(metric).direction
+        for normalization in normalizations or [store_normalization(scores)]:
+            view = metric_view(scores, metric, normalization)
+            values, edge = view[schema.SCORE].values, view[schema.EDGE_CASE].values
+            for cut in cut_offs[metric]:
+                for policy in policies:
+                    layer = policy_start_layer(policy, scores)
+                    for e, explainer in enumerate(explainers):
+                        keys.append({**row_key(scores, explainer, policy, metric), "normalization": normalization,
+                                     "threshold": cut})
+                        codes.append(outcome_codes(values[:, e, layer], edge[:, e, layer], correct, cut, undefined,
+                                                   direction))
     return keys, np.stack(codes, axis=1)
+
+
+def configured_cut_offs(scores: xr.Dataset, threshold: float, thresholds: Mapping[str, float] | None
+                        ) -> dict[str, list[float]]:
+    """Each metric of a store at its configured threshold (see :func:`~rationality.scoring.localisation.threshold_for`)."""
+    return {metric: [threshold_for(metric, threshold, thresholds)] for metric in store_metrics(scores)}
+
+
+def pooled_bootstrap(runs: np.ndarray, reference: np.ndarray | None = None, resamples: int = DEFAULT_RESAMPLES,
+                     seed: int = DEFAULT_SEED, confidence: float = DEFAULT_CONFIDENCE
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Accuracy, PT and IR pooled over repeated runs, or their paired difference from a reference.
+
+    The runs' outcomes on each sample are pooled (their counts add up: PT of three seeds is RR / (RR
+    + RW) over all three), and resampling draws samples, each with its outcomes in every run and in
+    the reference: a paired, clustered bootstrap. Columns are processed in groups that bound memory.
+
+    Args:
+        runs: [n, R, C] :class:`Outcome` codes of R runs (e.g. seeds) on the same n samples.
+        reference: [n, C] codes of the reference run (e.g. zero-shot) on those samples, or None.
+
+    Returns:
+        (point, low, high), each [C, 3] in :data:`STATISTICS` order: the pooled statistic, or pooled
+        minus reference; ``low``/``high`` its percentile interval.
+    """
+    runs = np.asarray(runs)
+    n, n_runs, n_columns = runs.shape
+    parts = [runs] if reference is None else [runs, np.asarray(reference)[:, None]]
+    joined = np.concatenate(parts, axis=1)  # [n, R (+1), C]
+    width = max(1, (1 << 25) // max(n * joined.shape[1] * len(Outcome), 1))  # one-hot of at most 256 MB
+    point, low, high = (np.empty((n_columns, len(STATISTICS))) for _ in range(3))
+    for start in range(0, n_columns, width):
+        block = joined[:, :, start:start + width]
+        counts = (block[..., None] == np.arange(len(Outcome))).sum(axis=0)  # [R (+1), c, 6]
+        statistics = statistics_from_counts(counts[:n_runs].sum(axis=0))
+        samples = [resample_counts(block.reshape(n, -1), indices).reshape(len(indices), *block.shape[1:], -1)
+                   for indices in resample_indices(n, resamples, seed)] if n else []
+        distribution = (np.concatenate(samples) if samples else np.full((resamples, *block.shape[1:], len(Outcome)), 0))
+        drawn = statistics_from_counts(distribution[:, :n_runs].sum(axis=1))
+        if reference is not None:
+            statistics = statistics - statistics_from_counts(counts[n_runs])
+            drawn = drawn - statistics_from_counts(distribution[:, n_runs])
+        point[start:start + width] = statistics
+        low[start:start + width], high[start:start + width] = percentile_interval(drawn, confidence)
+    return point, low, high
 
 
 def bootstrap_table(score_paths: Sequence[str | Path], threshold: float = DEFAULT_THRESHOLD,
@@ -159,7 +209,7 @@ def bootstrap_table(score_paths: Sequence[str | Path], threshold: float = DEFAUL
     """
     rows = []
     for scores in tqdm(open_scores(score_paths), desc="bootstrap", unit="store", disable=not progress):
-        keys, codes = outcome_columns(scores, policies, threshold, undefined, thresholds)
+        keys, codes = outcome_columns(scores, policies, undefined, configured_cut_offs(scores, threshold, thresholds))
         low, high = percentile_interval(bootstrap_distribution(codes, resamples, seed), confidence)
         point = statistics_from_counts(np.stack([np.bincount(column, minlength=len(Outcome)) for column in codes.T]))
         for k, key in enumerate(keys):

@@ -30,7 +30,9 @@ from rationality import schema
 from rationality.errors import StoreError
 from rationality.report.figures import empty_figure, panel_figure, save_figure
 from rationality.report.overlay import draw_image, draw_overlay, model_input_images
-from rationality.report.tables import START_LAYER_POLICIES, metric_view, open_scores, policy_start_layer, primary_metric
+from rationality.report.tables import (
+    START_LAYER_POLICIES, align_samples, method_label, metric_view, open_scores, policy_start_layer, primary_metric,
+)
 from rationality.scoring.localisation import metric_class
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, outcome_codes, outcome_names
 from rationality.scoring.rma import MaskProjector, Normalization, relevance_mass_accuracy
@@ -39,31 +41,6 @@ SELECTIONS: tuple[str, ...] = ("all_correct", "changed")
 DEFAULT_SAMPLES = 6
 #: (width, height) in inches of one image panel.
 IMAGE_PANEL = (2.0, 2.3)
-
-
-def _method_label(store: xr.Dataset) -> str:
-    """The store's method, with its corruption and severity for an out-of-distribution store (``ft, fog 5``)."""
-    severity = int(store.attrs.get(schema.ATTR_SEVERITY, 0))
-    shift = f", {store.attrs[schema.ATTR_CORRUPTION]} {severity}" if severity else ""
-    return f"{store.attrs[schema.ATTR_METHOD]}{shift}"
-
-
-def align_samples(stores: Sequence[xr.Dataset]) -> list[xr.Dataset]:
-    """Every store in the first one's sample order.
-
-    Raises:
-        StoreError: if the stores do not hold the same sample ids.
-    """
-    ids = stores[0].indexes[schema.SAMPLE]
-    aligned = []
-    for store in stores:
-        if not store.indexes[schema.SAMPLE].equals(ids):
-            if set(store.indexes[schema.SAMPLE]) != set(ids):
-                raise StoreError(f"the stores of {_method_label(stores[0])} and {_method_label(store)} hold "
-                                 "different samples; a gallery needs the same samples in every store")
-            store = store.sel({schema.SAMPLE: ids})
-        aligned.append(store)
-    return aligned
 
 
 def _column(scores: xr.Dataset, explainer: str | None, policy: str) -> dict[str, object]:
@@ -105,7 +82,7 @@ def select_samples(stores: Sequence[xr.Dataset], selection: str = "all_correct",
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    aligned = align_samples(stores)
+    aligned = align_samples(stores, "a gallery")
     if selection == "all_correct":
         eligible = np.all([s[schema.CORRECT].values for s in aligned], axis=0)
     else:
@@ -150,7 +127,7 @@ def gallery_figure(pairs: Sequence[tuple[xr.Dataset, xr.Dataset]], masks: xr.Dat
     """
     if not sample_ids:
         return empty_figure(f"no sample matches the selection '{selection}'")
-    scores = align_samples([s for s, _ in pairs])
+    scores = align_samples([s for s, _ in pairs], "a gallery")
     codes = outcomes(scores, explainer, policy, threshold, undefined)
     position = {str(i): k for k, i in enumerate(scores[0].indexes[schema.SAMPLE])}
     class_names = pairs[0][1].coords[schema.CLASS].values
@@ -169,7 +146,7 @@ def gallery_figure(pairs: Sequence[tuple[xr.Dataset, xr.Dataset]], masks: xr.Dat
             ax.set_xlabel(f"{outcome} · {metric_class(primary_metric(s)).title} {value:.2f}", fontsize="small")
     axes[0, 0].set_title("image", fontsize="medium")
     for ax, (s, _) in zip(axes[0, 1:], pairs):
-        ax.set_title(f"{_method_label(s)} (s={_column(s, explainer, policy)[schema.START_LAYER]})", fontsize="medium")
+        ax.set_title(f"{method_label(s)} (s={_column(s, explainer, policy)[schema.START_LAYER]})", fontsize="medium")
     first = scores[0]
     figure.suptitle(f"{first.attrs[schema.ATTR_MODEL]} on {first.attrs[schema.ATTR_DATASET]}: {selection} "
                     f"(threshold {threshold:g}, start layer: {policy})", fontsize="medium")
@@ -208,7 +185,7 @@ def show_figure(caches: Sequence[xr.Dataset], masks: xr.Dataset, sample_id: str,
         label, prediction = int(sample[schema.LABEL]), int(np.argmax(sample[schema.LOGITS].values))
         names = cache.coords[schema.CLASS].values
         verdict = "correct" if prediction == label else f"wrong: {names[prediction]}"
-        axes[0, c].set_title(f"{_method_label(cache)}\n{names[label]} ({verdict})", fontsize="medium")
+        axes[0, c].set_title(f"{method_label(cache)}\n{names[label]} ({verdict})", fontsize="medium")
         for r, (explainer, policy) in enumerate(rows):
             ax = axes[r, c]
             if explainer not in cache.coords[schema.EXPLAINER].values:

@@ -36,6 +36,8 @@ TABLE_COLUMNS = [
     "n_empty_mask", "n_zero_sum_heatmap", "n_non_finite_heatmap", "n_full_mask", "n_excluded", "threshold",
     "undefined_policy", "normalization",
 ]
+#: The columns that say which result a row is (:func:`row_key`).
+KEY_COLUMNS = TABLE_COLUMNS[:TABLE_COLUMNS.index("start_layer") + 1]
 #: How tables and figures name the three metrics.
 METRIC_LABELS = {"accuracy": "accuracy", "pt": "PT", "ir": "IR"}
 
@@ -74,6 +76,34 @@ def metric_view(scores: xr.Dataset, metric: str | None = None, normalization: st
         raise StoreError(f"{scores.attrs.get(schema.ATTR_CACHE_PATH, 'a scores store')} was scored without metric "
                          f"{metric!r} (it holds {list(scores.indexes[schema.METRIC])}): re-score it")
     return scores.sel({schema.METRIC: metric, schema.NORMALIZATION: normalization or store_normalization(scores)})
+
+
+def method_label(store: xr.Dataset) -> str:
+    """The store's method, with its corruption and severity for an out-of-distribution store (``ft, fog 5``)."""
+    severity = int(store.attrs.get(schema.ATTR_SEVERITY, 0))
+    shift = f", {store.attrs[schema.ATTR_CORRUPTION]} {severity}" if severity else ""
+    return f"{store.attrs[schema.ATTR_METHOD]}{shift}"
+
+
+def align_samples(stores: Sequence[xr.Dataset], purpose: str) -> list[xr.Dataset]:
+    """Every store in the first one's sample order (joined by sample id, never by position).
+
+    Args:
+        purpose: what needs the same samples, for the error (e.g. ``"a gallery"``).
+
+    Raises:
+        StoreError: if the stores do not hold the same sample ids.
+    """
+    ids = stores[0].indexes[schema.SAMPLE]
+    aligned = []
+    for store in stores:
+        if not store.indexes[schema.SAMPLE].equals(ids):
+            if set(store.indexes[schema.SAMPLE]) != set(ids):
+                raise StoreError(f"the stores of {method_label(stores[0])} and {method_label(store)} hold "
+                                 f"different samples; {purpose} needs the same samples in every store")
+            store = store.sel({schema.SAMPLE: ids})
+        aligned.append(store)
+    return aligned
 
 
 def open_scores(score_paths: Sequence[str | Path]) -> list[xr.Dataset]:

@@ -20,6 +20,7 @@ from rationality.config import (
     run_grids,
     run_method,
     run_seed,
+    run_seeds,
     run_triples,
     seed_triples,
     validate_config,
@@ -192,6 +193,11 @@ def all_scores():
     """The scores stores of the runs grids, and of their runs with the extra seeds."""
     return [SCORES.format(model=model, dataset=dataset, method=method)
             for model, dataset, method in [*run_triples(config), *seed_triples(config)]]
+
+
+def metric_thresholds():
+    """The other metrics' thresholds, for every table and figure that applies one (`--metric-thresholds`)."""
+    return as_json(config["scoring"]["thresholds"])
 
 
 def train_seed(wildcards):
