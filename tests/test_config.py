@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rationality.config import (
-    ablation_cells, ablation_triples, dataset_spec_for, method_spec_for, ood_dataset_spec, ood_runs, run_triples,
-    validate_config,
+    ablation_cells, ablation_triples, dataset_spec_for, method_spec_for, ood_dataset_spec, ood_runs, run_method,
+    run_seed, run_triples, seed_triples, validate_config,
 )
 from rationality.errors import ConfigError
 
@@ -174,3 +174,15 @@ def test_ablation_run_names_are_unique() -> None:
         validate_config(_config(ablations={"t": _ablation(), "u": other}))
     with pytest.raises(ConfigError, match="does not match"):
         validate_config(_config(ablations={"t": _ablation(setups={"a/b": {"label": "x"}})}))
+
+
+def test_seeds_add_a_run_per_extra_seed_of_every_trained_method() -> None:
+    methods = {"lp": {"kind": "linear_probe"}, "zs": {"kind": "zero_shot"}}
+    runs = {"models": ["b16"], "datasets": ["cub"], "methods": ["zs", "lp"]}
+    config = validate_config(_config(methods=methods, runs=runs, seeds=[3, 1, 2]))
+    assert seed_triples(config) == [("b16", "cub", "lp@seed1"), ("b16", "cub", "lp@seed2")]  # zero-shot runs once
+    assert [run_seed(config, run) for run in ("lp", "lp@seed1", "zs")] == [3, 1, 3]
+    assert [run_method(config, run) for run in ("lp", "lp@seed2")] == ["lp", "lp"]
+    assert seed_triples(validate_config(_config(methods=methods, runs=runs))) == []
+    with pytest.raises(ConfigError, match="methods.lp@seed1: a method name cannot end in @seed<n>"):
+        validate_config(_config(methods={**methods, "lp@seed1": {"kind": "linear_probe"}}, runs=runs))
