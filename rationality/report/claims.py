@@ -121,7 +121,7 @@ def claims_table(score_paths: Sequence[str | Path], undefined: UndefinedPolicy =
                     rows.append({**common, "claim": claim.name, "statement": claim.statement, **condition,
                                  "statistic": claim.statistic, "effect": effect[k, s], "effect_low": low[k, s],
                                  "effect_high": high[k, s], "verdict": claim.verdict(low[k, s], high[k, s])})
-    return pd.DataFrame(rows, columns=CLAIMS_COLUMNS)
+    return pd.DataFrame(rows, columns=CLAIMS_COLUMNS).astype({"start_layer": "Int64", "n_seeds": "Int64"})
 
 
 def verdict_summary(table: pd.DataFrame) -> pd.DataFrame:

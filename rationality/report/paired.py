@@ -224,7 +224,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         StoreError: the file is missing or not a CSV table.
     """
     try:
-        return pd.read_csv(path, dtype={"seed": "Int64"})
+        return pd.read_csv(path, dtype={"seed": "Int64", "start_layer": "Int64"})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise StoreError(f"{path}: cannot be read as a table ({exc})") from exc
 
