@@ -26,7 +26,8 @@ Precision: on the same ViT-B/16 with its attention sharpened (the query and key 
 by ``--sharpen``: random weights attend almost uniformly, a mean row maximum of 0.02 over 197 tokens;
 a factor of 3 gives 0.56, so that maps are peaked as in trained models), the heatmaps of ``tf32``, ``bf16`` and
 ``fp16`` against ``fp32``: the largest and the 99th-percentile difference as a fraction of each map's
-maximum.
+maximum, and what it does to the score: the largest RMA difference against random rectangle masks, and
+the share of (image, explainer, start layer) whose evidence changes from valid to invalid or back at 0.5.
 
     python benchmarks/infer.py                                     # CPU: ViT-B/32 and ViT-B/16
     python benchmarks/infer.py --device cuda --batch-sizes 64 256 --images 1024 --json out.json
@@ -118,9 +119,9 @@ def explain_paper_loop(classifier, pixels: torch.Tensor, labels: torch.Tensor) -
 def plain_forward_backward(classifier, pixels: torch.Tensor, labels: torch.Tensor, batch_size: int,
                            precision: str = "fp32") -> None:
     """Way (d): forward and backward with the model's fused attention, the gradient to the pixels only."""
-    from rationality.explain.batch import PRECISIONS, float32_matmul_precision
+    from rationality.precision import autocast_dtype, float32_matmul_precision
 
-    dtype = PRECISIONS[precision]
+    dtype = autocast_dtype(precision)
     for i in range(0, len(pixels), batch_size):
         batch = pixels[i : i + batch_size].detach().requires_grad_(True)
         with (torch.enable_grad(), float32_matmul_precision(precision),
@@ -174,34 +175,61 @@ def time_jobs(jobs: list[Job], args: argparse.Namespace) -> list[dict[str, Any]]
     return results
 
 
+def rectangle_masks(count: int, size: int, seed: int = 2) -> "np.ndarray":
+    """``count`` random object rectangles (a quarter to three quarters of each side) in a size x size frame."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((count, size, size), dtype=bool)
+    for mask in masks:
+        height, width = rng.integers(size // 4, 3 * size // 4, size=2)
+        top, left = rng.integers(0, size - height), rng.integers(0, size - width)
+        mask[top:top + height, left:left + width] = True
+    return masks
+
+
 def precision_errors(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Heatmaps of each reduced precision against fp32 on a sharpened model (see the module docstring)."""
+    """Heatmaps of each reduced precision against fp32 on a sharpened model (see the module docstring), and
+    what the difference does to RMA against random rectangle masks (min-max normalised, as scored)."""
+    from rationality.explain import create_explainer, explain_batch, list_explainers
+    from rationality.scoring.rma import MaskProjector, relevance_mass_accuracy
+
     device = torch.device(args.device)
     model = args.models[-1]
     classifier = build_classifier(model, args.classes, device)
     sharpen_attention(classifier, args.sharpen)
-    pixels, labels = _inputs(classifier.adapter.geometry.crop, args.precision_images, args.classes, device)
-    from rationality.explain import create_explainer, explain_batch, list_explainers
-
+    size, grid = classifier.adapter.geometry.crop, classifier.adapter.grid
+    pixels, labels = _inputs(size, args.precision_images, args.classes, device)
     explainers = [create_explainer(name) for name in list_explainers()]
     batch = min(args.batch_sizes)
+    projector = MaskProjector(frame=(size, size), grid=grid)
+    masks = rectangle_masks(len(pixels), size)
+    projections, areas = projector.project(masks), masks.sum(axis=(1, 2))
 
     def heatmaps(precision: str) -> torch.Tensor:
         return torch.cat([explain_batch(classifier, pixels[i : i + batch], labels[i : i + batch], explainers,
-                                        precision)[1] for i in range(0, len(pixels), batch)]).flatten(3)
+                                        precision)[1] for i in range(0, len(pixels), batch)]).cpu()
+
+    def rma(maps: torch.Tensor) -> "np.ndarray":
+        return relevance_mass_accuracy(maps.double().numpy(), projections, areas, projector)[0]
 
     reference = heatmaps("fp32")
-    scale = reference.abs().amax(dim=-1, keepdim=True)
+    reference_rma = rma(reference)
+    scale = reference.flatten(3).abs().amax(dim=-1, keepdim=True)
     with torch.no_grad(), classifier.adapter.recording_attention() as attentions:
         classifier(pixels[:batch])
     row_max = torch.stack([a.amax(dim=-1).mean() for a in attentions]).mean().item()
     rows = []
     for precision in REDUCED_PRECISIONS:
-        relative = ((heatmaps(precision) - reference).abs() / scale).flatten()
+        maps = heatmaps(precision)
+        relative = ((maps - reference).flatten(3).abs() / scale).flatten()
+        reduced_rma = rma(maps)
         rows.append({"model": model, "precision": precision, "images": len(pixels), "sharpen": args.sharpen,
                      "attention_row_max": row_max,
                      "max_relative_error": relative.max().item(),
-                     "p99_relative_error": torch.quantile(relative[:2**24].float(), 0.99).item()})
+                     "p99_relative_error": torch.quantile(relative[:2**24].float(), 0.99).item(),
+                     "max_rma_difference": float(abs(reduced_rma - reference_rma).max()),
+                     "validity_flips": float(((reduced_rma >= 0.5) != (reference_rma >= 0.5)).mean())})
     return rows
 
 
@@ -265,9 +293,10 @@ def report(results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> str:
                      f"{row['seconds']:.2f} | {row['images_per_second']:.1f} | {row['peak_mib']:.0f} | {ratio} | {diff} |")
     if errors:
         lines += ["", "| model | precision | images | sharpen (mean attention row max) | max error / map max | "
-                  "99th percentile |", "| --- | --- | --- | --- | --- | --- |"]
+                  "99th percentile | max RMA difference | validity flips at 0.5 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {e['model']} | {e['precision']} | {e['images']} | {e['sharpen']} ({e['attention_row_max']:.2f}) | "
-                  f"{100 * e['max_relative_error']:.2f}% | {100 * e['p99_relative_error']:.3f}% |" for e in errors]
+                  f"{100 * e['max_relative_error']:.2f}% | {100 * e['p99_relative_error']:.3f}% | "
+                  f"{e['max_rma_difference']:.4f} | {100 * e['validity_flips']:.2f}% |" for e in errors]
     return "\n".join(lines)
 
 
@@ -299,7 +328,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"device": device_name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-                       "results": [{k: v for k, v in row.items() if k != "heatmaps"} for row in results],
+                       "classes": args.classes, "results": [{k: v for k, v in row.items() if k != "heatmaps"} for row in results],
                        "precision_errors": errors}, handle, indent=1)
 
 

@@ -93,8 +93,13 @@ def main() -> None:
         print(f"| {row['model']} | {row['precision']} | {row['images']} | {row['seconds']:.1f} | "
               f"{row['images_per_second']:.0f} | {busy} | {row['bytes_per_sample']:.0f} |", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"batch_size": args.batch_size, "workers": args.workers,
-                                               "explainers": EXPLAINERS, "rows": rows}, indent=1))
+        import torch
+
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "CPU"
+        Path(args.json).write_text(json.dumps({
+            "device": device, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+            "batch_size": args.batch_size, "workers": args.workers, "explainers": EXPLAINERS, "rows": rows},
+            indent=1))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,14 @@ T = TypeVar("T", bound=type)
 class Registry(Generic[T]):
     """Named classes of one kind, filled by a decorator.
 
+    An entry whose module imports large libraries can be *declared* (name -> module) instead of
+    imported by the builtins module: it is then listed and checked without importing anything (the
+    workflow checks a config's names at every start), and its module is imported when the entry is
+    first looked up, which registers it.
+
     Args:
         what: what an entry is, for messages (e.g. ``"model adapter"``).
-        builtins: module that imports every built-in entry's module, loaded on first lookup.
+        builtins: module that imports (or declares) every built-in entry, loaded on first lookup.
         name_attribute: class attribute set to the registered name (e.g. ``"kind"``), if any.
     """
 
@@ -24,6 +29,7 @@ class Registry(Generic[T]):
         self._builtins = builtins
         self._name_attribute = name_attribute
         self._entries: dict[str, T] = {}
+        self._declared: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         """Class decorator: register the class as ``name``."""
@@ -38,14 +44,31 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def declare(self, name: str, module: str) -> None:
+        """Declare that importing ``module`` registers ``name`` (see the class docstring)."""
+        self._declared[name] = module
+
     def names(self) -> list[str]:
-        """Every registered name, built-ins included."""
+        """Every registered or declared name, built-ins included."""
         importlib.import_module(self._builtins)
-        return sorted(self._entries)
+        return sorted({*self._entries, *self._declared})
+
+    def check(self, name: str, key: str = "") -> str:
+        """``name`` if it is registered or declared; ConfigError (about ``key``) listing the known names otherwise."""
+        known = self.names()
+        if name not in known:
+            raise ConfigError(f"unknown {self.what} {name!r}; known: {', '.join(known)}", key)
+        return name
 
     def get(self, name: str) -> T:
-        """The class registered as ``name``. Raises ConfigError listing the known names."""
-        known = self.names()
-        if name not in self._entries:
-            raise ConfigError(f"unknown {self.what} {name!r}; known: {', '.join(known)}")
+        """The class registered as ``name``, its declared module imported if need be.
+
+        Raises:
+            ConfigError: for an unknown name, listing the known ones.
+        """
+        if self.check(name) not in self._entries:
+            importlib.import_module(self._declared[name])
+            if name not in self._entries:
+                raise ValueError(f"{self.what} {name!r} is declared in {self._declared[name]}, which does not "
+                                 "register it")
         return self._entries[name]

@@ -8,6 +8,7 @@ validated against the same schema. Bad inputs end with a one-line error naming t
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -67,6 +68,27 @@ def _grids(text: str) -> list[dict[str, list[str]]]:
     return grids
 
 
+def _threshold(text: str) -> float:
+    """An RMA threshold: a finite number in [0, 1] (NaN would count no evidence as valid)."""
+    from rationality.scoring.metrics import check_threshold
+
+    try:
+        return check_threshold(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number in [0, 1], got {text!r}") from None
+
+
+def _confidence(text: str) -> float:
+    """A confidence level strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
+    return value
+
+
 def _dataset(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": args.dataset_name, **args.dataset}
 
@@ -104,6 +126,12 @@ def _cmd_config_resolve(args: argparse.Namespace) -> None:
     from rationality.resolve import format_runs, load_config_files, resolved_runs
 
     print(format_runs(resolved_runs(load_config_files(args.configs)), args.format), end="")
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from rationality.catalog import catalog, format_catalog
+
+    print(format_catalog(catalog(args.kind)))
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
@@ -155,8 +183,9 @@ def _metric_thresholds(text: str) -> dict[str, float]:
 
     thresholds = _json("--metric-thresholds")(text) or {}
     if not isinstance(thresholds, dict) or not all(
-            isinstance(value, (int, float)) and not isinstance(value, bool) for value in thresholds.values()):
-        raise argparse.ArgumentTypeError("--metric-thresholds must map metric names to numbers, e.g. '{auc: 0.8}'")
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            for value in thresholds.values()):
+        raise argparse.ArgumentTypeError("--metric-thresholds must map metric names to finite numbers, e.g. '{auc: 0.8}'")
     for name in thresholds:
         try:
             metric_class(name)
@@ -294,8 +323,8 @@ def threshold_options(command: argparse.ArgumentParser) -> None:
     """``--threshold`` (RMA's) and ``--metric-thresholds`` (the other metrics')."""
     from rationality.scoring.metrics import DEFAULT_THRESHOLD
 
-    command.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                         help="RMA at or above which evidence is valid (the paper's 0.5)")
+    command.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+                         help="RMA at or above which evidence is valid, in [0, 1] (the paper's 0.5)")
     command.add_argument("--metric-thresholds", type=_metric_thresholds, default={},
                          help="other metrics' thresholds as JSON, e.g. '{auc: 0.8}' (default: each metric's own)")
 
@@ -326,7 +355,7 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
                            default=list(START_LAYER_POLICIES), help="start-layer policies")
     bootstrap.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES)
     bootstrap.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    bootstrap.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
+    bootstrap.add_argument("--confidence", type=_confidence, default=DEFAULT_CONFIDENCE)
     bootstrap.add_argument("--out", required=True, help="CSV to write")
     bootstrap.set_defaults(run=_cmd_bootstrap)
 
@@ -401,6 +430,7 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rationality.precision import PRECISIONS
     from rationality.report.tables import START_LAYER_POLICIES
     from rationality.scoring.metrics import UNDEFINED_POLICIES
     from rationality.scoring.rma import NORMALIZATIONS
@@ -447,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     resolve.set_defaults(run=_cmd_config_resolve)
 
+    listing = commands.add_parser("list", help="what the registries hold: model families, methods, explainers, datasets, "
+                                               "localisation metrics")
+    listing.add_argument("kind", choices=["models", "methods", "explainers", "datasets", "metrics"])
+    listing.set_defaults(run=_cmd_list)
+
     pretrain = commands.add_parser("pretrain", help="image-text pretraining of a small random model (demo)")
     pretrain.add_argument("--model", required=True, type=_spec("model", "--model"), help="model spec")
     pretrain.add_argument("--spec", required=True, type=_spec("pretrain", "--spec"),
@@ -475,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch-size", type=int, default=32)
     infer.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     infer.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
-    infer.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
+    infer.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="fp32; tf32 matrix products, or bf16/fp16 autocast (GPU; change heatmaps slightly)")
     infer.add_argument("--chunk-size", type=int,
                        help="samples per store chunk and resume step (default: the stores' chunk, 1024)")

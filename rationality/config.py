@@ -9,17 +9,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
+from rationality._validation import check_schema
 from rationality.errors import ConfigError
+from rationality.precision import check_precision
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
 @lru_cache(maxsize=1)
 def config_schema() -> dict[str, Any]:
-    """The workflow's config schema (also used by Snakemake's ``validate``)."""
+    """The config's JSON Schema (``workflow/schemas/config.schema.yaml`` links to the file).
+
+    Registered names (adapters, readers, methods, explainers) are not in it: :func:`validate_config`
+    checks them against the registries, so that a new registry entry is accepted without editing it.
+    """
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
@@ -40,136 +45,216 @@ def _fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any]) 
     return instance
 
 
-def _check(instance: Any, schema: dict[str, Any], source: str) -> None:
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"{'.'.join(str(p) for p in e.absolute_path) or '<top>'}: {e.message}" for e in errors]
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines))
+def validate_config(config: dict[str, Any], source: str = "config", deep: bool = True) -> dict[str, Any]:
+    """Check a whole workflow config, as the workflow does before any job runs; a copy with defaults filled in.
 
+    Beyond the schema: every name under ``runs`` and ``overrides`` is defined; adapters, dataset
+    readers and explainers are registered and precisions known; each dataset's reader options fit
+    the reader's declaration; every method spec, and every run's spec with its overrides applied,
+    builds its method (so names, types and ranges of hyper-parameters are the method's own), ablation
+    setups included; ood sets, ablations and pretraining entries are consistent. Numbers must be finite.
 
-def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Validate a whole workflow config and return a copy with defaults filled in.
-
-    Also checks that every name under ``runs`` exists.
+    Args:
+        source: what the config is (its files), for the message.
+        deep: also check against the registries (imports torch, a few seconds). False only where
+            the same config was checked already: a cluster job started by a checked workflow run.
 
     Raises:
-        ConfigError: listing every violation with its key path.
+        ConfigError: one line, ``<source>: <key path>: <what is wrong>; <what is allowed>``, for the
+            first fault found.
     """
-    schema = config_schema()
-    _check(config, schema, source)
-    filled = _fill_defaults(copy.deepcopy(config), schema, schema)
-    entries = [(f"runs[{i}]", grid) for i, grid in enumerate(run_grids(filled))]
-    entries += [(f"overrides[{i}]", entry) for i, entry in enumerate(filled["overrides"])]
-    for where, entry in entries:
-        for section in ("models", "datasets", "methods"):
-            unknown = [name for name in entry.get(section, []) if name not in filled[section]]
-            if unknown:
-                raise ConfigError(f"{source} is invalid:\n  {where}.{section}: {unknown} not defined under {section}")
-    _check_ood(filled, source)
-    _check_ablations(filled, source)
-    _check_registered_names(filled, source)
-    _check_seeds(filled, source)
-    for model, pretrain in filled["pretrain"].items():
-        expected = pretrained_path(model)
-        if model not in filled["models"] or filled["models"][model]["pretrained"] != expected:
-            raise ConfigError(f"{source} is invalid:\n  pretrain.{model}: needs models.{model}.pretrained: {expected}")
-        if pretrain["dataset"] not in filled["datasets"]:
-            raise ConfigError(f"{source} is invalid:\n  pretrain.{model}.dataset: {pretrain['dataset']!r} "
-                              f"is not defined under datasets")
+    try:
+        schema = config_schema()
+        check_schema(config, schema)
+        filled = _fill_defaults(copy.deepcopy(config), schema, schema)
+        _check_names(filled)
+        _check_pretrain(filled)
+        _check_ablations(filled)
+        _check_seeds(filled)
+        if deep:
+            _check_registered(filled)
+            _check_metrics(filled)
+            _check_methods(filled)
+            _check_capabilities(filled)
+            _check_ood(filled)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
     return filled
 
 
-def _check_registered_names(config: dict[str, Any], source: str) -> None:
-    """Explainers and localisation metrics are registered (the schema takes any name: registries are open);
-    every metric can score every model's frame; ``scoring.thresholds`` names scored metrics other than RMA."""
-    from rationality.explain.base import list_explainers
-    from rationality.scoring.localisation import create_metric, list_metrics
+def _check_names(config: dict[str, Any]) -> None:
+    """Every model, dataset and method named under ``runs`` and ``overrides`` is defined."""
+    entries = [(f"runs[{i}]" if isinstance(config["runs"], list) else "runs", grid)
+               for i, grid in enumerate(run_grids(config))]
+    entries += [(f"overrides[{i}]", entry) for i, entry in enumerate(config["overrides"])]
+    for where, entry in entries:
+        for section in ("models", "datasets", "methods"):
+            unknown = [name for name in entry.get(section, []) if name not in config[section]]
+            if unknown:
+                raise ConfigError(f"{', '.join(map(repr, unknown))} not defined under {section}; defined: "
+                                  f"{', '.join(config[section])}", f"{where}.{section}")
 
-    problems = [f"explainers: {name!r} is not a registered explainer; known: {', '.join(list_explainers())}"
-                for name in config["explainers"] if name not in list_explainers()]
+
+def _check_registered(config: dict[str, Any]) -> None:
+    """Adapters, readers (and their options), explainers and the GPU stage's precision exist."""
+    from rationality.data.base import check_reader_options
+    from rationality.explain.base import check_explainer
+    from rationality.models.base import check_adapter
+
+    for name, model in config["models"].items():
+        check_adapter(model["adapter"], f"models.{name}.adapter")
+    for name, dataset in config["datasets"].items():
+        try:
+            check_reader_options(dataset["reader"], dataset["options"])
+        except ConfigError as error:
+            raise error.within(f"datasets.{name}") from None
+    for i, explainer in enumerate(config["explainers"]):
+        check_explainer(explainer, f"explainers[{i}]")
+    check_precision(config["infer"]["precision"], "infer.precision")
+
+
+def _check_capabilities(config: dict[str, Any]) -> None:
+    """Every run's model can run its method (e.g. CoOp needs a text tower with prompt embeddings)."""
+    from rationality.methods.base import check_runs_supported
+
+    check_runs_supported(config["models"], config["methods"], run_triples(config))
+
+
+def _check_methods(config: dict[str, Any]) -> None:
+    """Build every method spec, and every run's spec after each override that applies to it.
+
+    A fault is reported at the key that brings it in: ``methods.<name>`` for the spec itself,
+    ``overrides[i].set`` (naming the run) for an override.
+    """
+    from rationality.methods import create_method
+
+    for name, spec in config["methods"].items():
+        try:
+            create_method(spec)
+        except ConfigError as error:
+            raise error.within(f"methods.{name}") from None
+    for i, entry in enumerate(config["overrides"]):
+        if "kind" in entry["set"]:
+            raise ConfigError("a method's kind cannot be overridden; define another method", f"overrides[{i}].set.kind")
+    for run in run_triples(config):
+        spec = dict(config["methods"][run[2]])
+        for i, entry in enumerate(config["overrides"]):
+            if _matches(entry, *run):
+                spec.update(entry["set"])
+                try:
+                    create_method(spec)
+                except ConfigError as error:
+                    located = error.within(f"overrides[{i}].set")
+                    raise ConfigError(f"{located.reason} (in run {'/'.join(run)})", located.key) from None
+    for cell in ablation_cells(config):
+        if cell.changes:
+            try:
+                create_method(method_spec_for(config, *cell.run))
+            except ConfigError as error:
+                raise error.within(f"ablations.{cell.ablation}.setups.{cell.setup}.set.{cell.method}") from None
+
+
+def _check_metrics(config: dict[str, Any]) -> None:
+    """Localisation metrics are registered (the schema takes any name: registries are open) and can score
+    every model's frame; ``scoring.thresholds`` names scored metrics other than RMA."""
+    from rationality.scoring.localisation import check_metric, create_metric
+
     scoring = config["scoring"]
-    problems += [f"scoring.metrics: {name!r} is not a registered localisation metric; known: "
-                 f"{', '.join(list_metrics())}" for name in scoring["metrics"] if name not in list_metrics()]
+    for i, name in enumerate(scoring["metrics"]):
+        check_metric(name, f"scoring.metrics[{i}]")
     for name in scoring["thresholds"]:
         if name == "rma":
-            problems.append("scoring.thresholds.rma: RMA's threshold is the top-level key `threshold`")
-        elif name not in scoring["metrics"]:
-            problems.append(f"scoring.thresholds.{name}: {name!r} is not one of scoring.metrics {scoring['metrics']}")
-    if not problems:
-        for name in scoring["metrics"]:
-            for model, spec in config["models"].items():
-                try:
-                    create_metric(name).check_frame((spec["input_size"], spec["input_size"]))
-                except ConfigError as exc:
-                    problems.append(f"scoring.metrics: models.{model}: {exc}")
-    if problems:
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+            raise ConfigError("RMA's threshold is the top-level key `threshold`", "scoring.thresholds.rma")
+        if name not in scoring["metrics"]:
+            raise ConfigError(f"{name!r} is not one of scoring.metrics ({', '.join(scoring['metrics'])})",
+                              f"scoring.thresholds.{name}")
+    for i, name in enumerate(scoring["metrics"]):
+        for model, spec in config["models"].items():
+            try:
+                create_metric(name).check_frame((spec["input_size"], spec["input_size"]))
+            except ConfigError as error:
+                raise ConfigError(f"{error.reason} (models.{model})", f"scoring.metrics[{i}]") from None
 
 
-def _check_seeds(config: dict[str, Any], source: str) -> None:
+def _check_seeds(config: dict[str, Any]) -> None:
     """No method or ablation setup is named like the run of an extra seed."""
-    problems = [f"methods.{name}: a method name cannot end in {SEED_SEPARATOR}seed<n> (the runs of extra seeds)"
-                 for name in config["methods"] if SEED_RUN.fullmatch(name)]
-    problems += [f"ablations.{name}.setups.{setup}: a setup cannot be named seed<n> (the runs of extra seeds)"
-                 for name, ablation in config["ablations"].items() for setup in ablation["setups"]
-                 if re.fullmatch(r"seed\d+", setup)]
-    if problems:
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+    for name in config["methods"]:
+        if SEED_RUN.fullmatch(name):
+            raise ConfigError(f"a method name cannot end in {SEED_SEPARATOR}seed<n> (the runs of extra seeds)",
+                              f"methods.{name}")
+    for name, ablation in config["ablations"].items():
+        for setup in ablation["setups"]:
+            if re.fullmatch(r"seed\d+", setup):
+                raise ConfigError("a setup cannot be named seed<n> (the runs of extra seeds)",
+                                  f"ablations.{name}.setups.{setup}")
 
 
-def _check_ood(config: dict[str, Any], source: str) -> None:
+def _check_ood(config: dict[str, Any]) -> None:
     from rationality.data.corruptions import CORRUPTIONS
 
     for name, ood in config["ood"].items():
-        problems = []
         if name in config["datasets"]:
-            problems.append("is also the name of a dataset")
+            raise ConfigError("is also the name of a dataset; an ood set needs a name of its own", f"ood.{name}")
         if ood["dataset"] not in config["datasets"]:
-            problems.append(f"dataset {ood['dataset']!r} is not defined under datasets")
+            raise ConfigError(f"{ood['dataset']!r} is not defined under datasets; defined: "
+                              f"{', '.join(config['datasets'])}", f"ood.{name}.dataset")
         if ood["source"] == "imagenet_c" and "root" not in ood:
-            problems.append("source imagenet_c needs root (ImageNet-C's directory)")
+            raise ConfigError("missing (required with source imagenet_c: ImageNet-C's directory)", f"ood.{name}.root")
         unknown = [c for c in ood["corruptions"] if c not in CORRUPTIONS]
         if unknown:
-            problems.append(f"unknown corruptions {unknown}; known: {list(CORRUPTIONS)}")
+            raise ConfigError(f"unknown corruption {unknown[0]!r}; allowed: {', '.join(CORRUPTIONS)}",
+                              f"ood.{name}.corruptions")
         if ood["source"] == "on_the_fly" and "frost" in ood["corruptions"] and "frost_dir" not in ood:
-            problems.append("on-the-fly frost needs frost_dir (the directory of ImageNet-C's frost1.png ... frost5.jpg)")
+            raise ConfigError("missing (on-the-fly frost needs the directory of ImageNet-C's frost1.png ... "
+                              "frost5.jpg)", f"ood.{name}.frost_dir")
         if ood["source"] == "imagenet_c" and "frost_dir" in ood:
-            problems.append("frost_dir applies to source on_the_fly only (ImageNet-C's files are already frosted)")
+            raise ConfigError("applies to source on_the_fly only (ImageNet-C's files are already frosted)",
+                              f"ood.{name}.frost_dir")
         for section in ("models", "methods"):
             undefined = [entry for entry in ood.get(section, []) if entry not in config[section]]
             if undefined:
-                problems.append(f"{section} {undefined} not defined under {section}")
-        if problems:
-            raise ConfigError(f"{source} is invalid:\n  ood.{name}: " + "; ".join(problems))
+                raise ConfigError(f"{', '.join(map(repr, undefined))} not defined under {section}; defined: "
+                                  f"{', '.join(config[section])}", f"ood.{name}.{section}")
 
 
-def _check_ablations(config: dict[str, Any], source: str) -> None:
+def _check_ablations(config: dict[str, Any]) -> None:
     """Check every ``ablations`` entry against the config and fill each setup's explainer."""
     variants: dict[tuple[str, str, str], dict[str, Any]] = {}
     for name, ablation in config["ablations"].items():
         where = f"ablations.{name}"
-        problems = [f"{section[:-1]} {ablation[section[:-1]]!r} is not defined under {section}"
-                    for section in ("models", "datasets") if ablation[section[:-1]] not in config[section]]
-        problems += [f"method {method!r} is not defined under methods"
-                     for method in ablation["methods"] if method not in config["methods"]]
+        for section in ("models", "datasets"):
+            if ablation[section[:-1]] not in config[section]:
+                raise ConfigError(f"{ablation[section[:-1]]!r} is not defined under {section}; defined: "
+                                  f"{', '.join(config[section])}", f"{where}.{section[:-1]}")
+        undefined = [method for method in ablation["methods"] if method not in config["methods"]]
+        if undefined:
+            raise ConfigError(f"{', '.join(map(repr, undefined))} not defined under methods; defined: "
+                              f"{', '.join(config['methods'])}", f"{where}.methods")
         for setup_name, setup in ablation["setups"].items():
+            at = f"{where}.setups.{setup_name}"
             setup["explainer"] = setup["explainer"] or config["explainers"][0]
             if setup["explainer"] not in config["explainers"]:
-                problems.append(f"setups.{setup_name}.explainer {setup['explainer']!r} is not one of the config's "
-                                f"explainers {config['explainers']} (the caches hold only those)")
+                raise ConfigError(f"{setup['explainer']!r} is not one of the config's explainers (the caches hold only "
+                                  f"those); allowed: {', '.join(config['explainers'])}", f"{at}.explainer")
             for method, changes in setup["set"].items():
                 run = ablation_run_name(method, setup_name)
                 key = (ablation["model"], ablation["dataset"], run)
                 if method not in ablation["methods"]:
-                    problems.append(f"setups.{setup_name}.set.{method}: not one of the ablation's methods")
-                elif run in config["methods"]:
-                    problems.append(f"setups.{setup_name}: its run name {run!r} is also a method's name")
-                elif variants.setdefault(key, changes) != changes:
-                    problems.append(f"setups.{setup_name}: run {run!r} of {key[0]} on {key[1]} is set differently "
-                                    f"by another ablation")
-        if problems:
-            raise ConfigError(f"{source} is invalid:\n  {where}: " + "; ".join(problems))
+                    raise ConfigError(f"not one of the ablation's methods ({', '.join(ablation['methods'])})",
+                                      f"{at}.set.{method}")
+                if run in config["methods"]:
+                    raise ConfigError(f"its run name {run!r} is also a method's name", at)
+                if variants.setdefault(key, changes) != changes:
+                    raise ConfigError(f"run {run!r} of {key[0]} on {key[1]} is set differently by another ablation", at)
+
+
+def _check_pretrain(config: dict[str, Any]) -> None:
+    for model, pretrain in config["pretrain"].items():
+        expected = pretrained_path(model)
+        if model not in config["models"] or config["models"][model]["pretrained"] != expected:
+            raise ConfigError(f"needs models.{model}.pretrained: {expected}", f"pretrain.{model}")
+        if pretrain["dataset"] not in config["datasets"]:
+            raise ConfigError(f"{pretrain['dataset']!r} is not defined under datasets", f"pretrain.{model}.dataset")
 
 
 def ood_dataset_spec(config: dict[str, Any], name: str, corruption: str, severity: int) -> dict[str, Any]:
@@ -330,10 +415,15 @@ def method_spec_for(config: dict[str, Any], model: str, dataset: str, method: st
         return {**method_spec_for(config, model, dataset, cell.method), **cell.changes}
     spec = dict(config["methods"][method])
     for entry in config.get("overrides", []):
-        if all(name in entry.get(section, [name])
-               for section, name in (("models", model), ("datasets", dataset), ("methods", method))):
+        if _matches(entry, model, dataset, method):
             spec.update(entry["set"])
     return spec
+
+
+def _matches(entry: dict[str, Any], model: str, dataset: str, method: str) -> bool:
+    """Whether an ``overrides`` entry applies to the run (an absent list matches all)."""
+    return all(name in entry.get(section, [name])
+               for section, name in (("models", model), ("datasets", dataset), ("methods", method)))
 
 
 def pretrained_path(model: str) -> str:
@@ -342,16 +432,40 @@ def pretrained_path(model: str) -> str:
 
 
 def validate_spec(kind: str, spec: Any, source: str) -> dict[str, Any]:
-    """Validate a ``model``, ``dataset``, ``method`` or ``synthetic`` spec; returns it with defaults."""
+    """Validate a ``model``, ``dataset``, ``method`` or ``synthetic`` spec; returns it with defaults.
+
+    Raises:
+        ConfigError: one line, ``<source>: <key path>: <what is wrong>``.
+    """
     schema = config_schema()
     sub = {"$defs": schema["$defs"], **schema["$defs"][kind]}
-    _check(spec, sub, source)
+    try:
+        check_schema(spec, sub)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
     return _fill_defaults(copy.deepcopy(spec), sub, schema)
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file.
+
+    Raises:
+        ConfigError: naming the file (and, for a YAML syntax error, the line and column).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist")
-    return validate_config(yaml.safe_load(path.read_text()) or {}, source=str(path))
+    return validate_config(read_yaml(path) or {}, source=str(path))
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``. Raises ConfigError ``<path>:<line>:<column>: <problem>`` for a syntax error."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = " ".join(part for part in (error.context, error.problem) if part)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None

@@ -9,14 +9,21 @@ import pytest
 
 #: The project's tiny open_clip ViT: random init (seeded), 64 px input, 8 x 8 grid, 4 blocks, 4 heads.
 TINY_MODEL: dict[str, Any] = {"adapter": "open_clip", "name": "rationality-tiny-vit", "input_size": 64, "patch_size": 8}
-#: Images per class of each split of the shared synthetic dataset (4 classes).
-#: One tiny random-init configuration per registered model adapter; the adapter-contract tests run
-#: on each. Adding an adapter means adding its tiny spec here.
+#: One tiny random-init configuration per model family (each adapter's ``families``, keyed by adapter for
+#: an adapter's first family); the adapter-contract tests run on each. Adding a family means adding its
+#: tiny spec here.
 TINY_ADAPTER_SPECS: dict[str, dict[str, Any]] = {
     "open_clip": TINY_MODEL,
+    "open_clip-siglip": {"adapter": "open_clip", "name": "rationality-tiny-map-vit", "input_size": 64, "patch_size": 8},
+    "open_clip-eva": {"adapter": "open_clip", "name": "rationality-tiny-eva-vit", "input_size": 64, "patch_size": 8},
+    "transformers-clip": {"adapter": "transformers", "name": "rationality-tiny-hf-clip", "input_size": 64,
+                          "patch_size": 8},
+    "transformers-siglip": {"adapter": "transformers", "name": "rationality-tiny-hf-siglip", "input_size": 64,
+                            "patch_size": 8},
     "blip": {"adapter": "blip", "name": "rationality-tiny-blip", "input_size": 64, "patch_size": 8},
     "albef": {"adapter": "albef", "name": "rationality-tiny-albef", "input_size": 64, "patch_size": 8},
 }
+#: Images per class of each split of the shared synthetic dataset (4 classes).
 SYNTHETIC_COUNTS = {"train": 4, "test": 3}
 SYNTHETIC_SIZE = (48, 40)
 

@@ -1,13 +1,16 @@
-"""The workflow config: grids of runs, per-(model, dataset, method) overrides, the train section."""
+"""The workflow config: grids of runs, overrides, the train section, and its check (one line per fault)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from rationality.config import (
-    ablation_cells, ablation_triples, dataset_spec_for, method_spec_for, ood_dataset_spec, ood_runs, run_method,
-    run_seed, run_triples, seed_triples, validate_config,
+    ablation_cells, ablation_triples, dataset_spec_for, load_config, method_spec_for, ood_dataset_spec, ood_runs,
+    run_method, run_seed, run_triples, seed_triples, validate_config,
 )
+from rationality.data.corruptions import CORRUPTIONS
 from rationality.errors import ConfigError
 
 
@@ -47,14 +50,18 @@ def test_overrides_apply_in_order_to_matching_runs_only() -> None:
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ({"runs": [{"models": ["b16"], "datasets": ["cub"], "methods": ["nope"]}]}, r"runs\[0\].methods: \['nope'\]"),
-    ({"overrides": [{"models": ["vit-h"], "set": {"lr": 1}}]}, r"overrides\[0\].models: \['vit-h'\]"),
-    ({"overrides": [{"set": {"kind": "finetune"}}]}, "overrides.0.set"),
-    ({"train": {"nproc_per_node": 0}}, "train.nproc_per_node"),
+    ({"runs": [{"models": ["b16"], "datasets": ["cub"], "methods": ["nope"]}]},
+     "runs[0].methods: 'nope' not defined under methods; defined: lp, coop"),
+    ({"overrides": [{"models": ["vit-h"], "set": {"lr": 1}}]},
+     "overrides[0].models: 'vit-h' not defined under models; defined: b16, blip"),
+    ({"overrides": [{"set": {"kind": "finetune"}}]},
+     "overrides[0].set.kind: a method's kind cannot be overridden; define another method"),
+    ({"train": {"nproc_per_node": 0}}, "train.nproc_per_node: 0 is less than the minimum of 1"),
 ])
 def test_invalid_grids_and_overrides(extra: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as caught:
         validate_config(_config(**extra))
+    assert str(caught.value) == f"config: {message}"
 
 
 def test_ood_sets_expand_to_runs_and_dataset_specs() -> None:
@@ -116,21 +123,31 @@ def test_imagenet_c_severity_zero_is_the_val_set_in_imagenet_cs_frame() -> None:
 
 
 @pytest.mark.parametrize(("ood", "message"), [
-    ({"cub": {"dataset": "cub", "corruptions": ["fog"]}}, "ood.cub: is also the name of a dataset"),
-    ({"x": {"dataset": "nope", "corruptions": ["fog"]}}, "dataset 'nope' is not defined"),
-    ({"x": {"dataset": "cub", "source": "imagenet_c", "corruptions": ["fog"]}}, "needs root"),
-    ({"x": {"dataset": "cub", "corruptions": ["rain"]}}, r"unknown corruptions \['rain'\]"),
-    ({"x": {"dataset": "cub", "corruptions": ["fog"], "severities": [6]}}, "ood.x.severities"),
-    ({"x": {"dataset": "cub", "corruptions": ["frost"]}}, "on-the-fly frost needs frost_dir"),
+    ({"cub": {"dataset": "cub", "corruptions": ["fog"]}},
+     "ood.cub: is also the name of a dataset; an ood set needs a name of its own"),
+    ({"x": {"dataset": "nope", "corruptions": ["fog"]}}, "ood.x.dataset: 'nope' is not defined under datasets; "
+                                                         "defined: cub, dogs"),
+    ({"x": {"dataset": "cub", "source": "imagenet_c", "corruptions": ["fog"]}},
+     "ood.x.root: missing (required with source imagenet_c: ImageNet-C's directory)"),
+    ({"x": {"dataset": "cub", "corruptions": ["fog", "rain"]}},
+     f"ood.x.corruptions: unknown corruption 'rain'; allowed: {', '.join(CORRUPTIONS)}"),
+    ({"x": {"dataset": "cub", "corruptions": ["fog"], "severities": [6]}},
+     "ood.x.severities[0]: 6 is greater than the maximum of 5"),
+    ({"x": {"dataset": "cub", "corruptions": ["frost"]}},
+     "ood.x.frost_dir: missing (on-the-fly frost needs the directory of ImageNet-C's frost1.png ... frost5.jpg)"),
     ({"x": {"dataset": "cub", "source": "imagenet_c", "root": "r", "corruptions": ["frost"], "frost_dir": "f"}},
-     "frost_dir applies to source on_the_fly only"),
-    ({"x": {"dataset": "cub", "corruptions": ["fog"], "models": ["vit-h"]}}, r"models \['vit-h'\] not defined"),
-    ({"x": {"dataset": "cub", "corruptions": ["fog"], "methods": ["zs"]}}, r"methods \['zs'\] not defined"),
-    ({"x": {"dataset": "cub", "corruptions": ["fog"], "jpeg_quality": 0}}, "ood.x.jpeg_quality"),
+     "ood.x.frost_dir: applies to source on_the_fly only (ImageNet-C's files are already frosted)"),
+    ({"x": {"dataset": "cub", "corruptions": ["fog"], "models": ["vit-h"]}},
+     "ood.x.models: 'vit-h' not defined under models; defined: b16, blip"),
+    ({"x": {"dataset": "cub", "corruptions": ["fog"], "methods": ["zs"]}},
+     "ood.x.methods: 'zs' not defined under methods; defined: lp, coop"),
+    ({"x": {"dataset": "cub", "corruptions": ["fog"], "jpeg_quality": 0}},
+     "ood.x.jpeg_quality: 0 is less than the minimum of 1"),
 ])
 def test_invalid_ood_sets(ood: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as caught:
         validate_config(_config(ood=ood))
+    assert str(caught.value) == f"config: {message}"
 
 
 def _ablation(**changes) -> dict:
@@ -153,16 +170,20 @@ def test_ablation_setups_train_their_own_runs_from_the_resolved_spec() -> None:
 
 
 @pytest.mark.parametrize(("ablation", "message"), [
-    (_ablation(model="vit"), "model 'vit' is not defined under models"),
-    (_ablation(methods=["lp", "zs"]), "method 'zs' is not defined under methods"),
+    (_ablation(model="vit"), "ablations.t.model: 'vit' is not defined under models; defined: b16, blip"),
+    (_ablation(methods=["lp", "zs"]), "ablations.t.methods: 'zs' not defined under methods; defined: lp, coop"),
     (_ablation(setups={"s": {"label": "x", "explainer": "raw_attention"}}),
-     "explainer 'raw_attention' is not one of the config's explainers"),
+     "ablations.t.setups.s.explainer: 'raw_attention' is not one of the config's explainers (the caches hold only "
+     "those); allowed: generic_attention, attention_gradient"),
     (_ablation(setups={"s": {"label": "x", "set": {"coop": {"lr": 1.0}}}, }, methods=["lp"]),
-     "set.coop: not one of the ablation's methods"),
+     "ablations.t.setups.s.set.coop: not one of the ablation's methods (lp)"),
+    (_ablation(setups={"s": {"label": "x", "set": {"lp": {"learning_rate": 1.0}}}}),
+     "ablations.t.setups.s.set.lp.learning_rate: not a hyper-parameter of kind 'linear_probe'"),
 ])
 def test_ablation_errors_name_the_key(ablation: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=f"ablations.t: .*{message}"):
+    with pytest.raises(ConfigError) as caught:
         validate_config(_config(ablations={"t": ablation}))
+    assert str(caught.value).startswith(f"config: {message}")
 
 
 def test_ablation_run_names_are_unique() -> None:
@@ -186,3 +207,83 @@ def test_seeds_add_a_run_per_extra_seed_of_every_trained_method() -> None:
     assert seed_triples(validate_config(_config(methods=methods, runs=runs))) == []
     with pytest.raises(ConfigError, match="methods.lp@seed1: a method name cannot end in @seed<n>"):
         validate_config(_config(methods={**methods, "lp@seed1": {"kind": "linear_probe"}}, runs=runs))
+
+
+# One line per fault, naming the key path and what is allowed there (names from the registries).
+LP_HYPERPARAMETERS = ("adam_beta1, adam_beta2, batch_size, epochs, eps, head_init, lr, normalize_features, optimizer, "
+                      "precision, prompt_template, shots, weight_decay")
+
+
+def _faulty(path: str, value: object) -> dict:
+    """``_config()`` with ``value`` at the dotted key ``path`` (None deletes the key)."""
+    config = _config()
+    *parents, last = path.split(".")
+    target = config
+    for part in parents:
+        target = target.setdefault(part, {})
+    target[last] = value
+    return config
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    ("methods.lp.learning_rate", 1e-3,
+     f"methods.lp.learning_rate: not a hyper-parameter of kind 'linear_probe'; allowed: {LP_HYPERPARAMETERS}"),
+    ("methods.lp.epochs", "ten", "methods.lp.epochs: must be an integer, got 'ten'"),
+    ("methods.lp.lr", "fast", "methods.lp.lr: must be a number, got 'fast'"),
+    ("methods.lp.lr", float("nan"), "methods.lp.lr: must be a finite number, got nan"),
+    ("methods.lp.precision", "fp8", "methods.lp.precision: unknown precision 'fp8'; allowed: fp32, tf32, bf16, fp16"),
+    ("methods.lp.kind", "fine_tune", "methods.lp.kind: unknown adaptation method 'fine_tune'; known: coop, finetune, "
+                                     "flcp, linear_probe, tip_adapter_f, zero_shot"),
+    ("models.b16.adapter", "openclip", "models.b16.adapter: unknown model adapter 'openclip'; known: albef, blip, "
+                                       "open_clip, transformers"),
+    ("datasets.cub.reader", "cub200", "datasets.cub.reader: unknown dataset reader 'cub200'; known: caltech101, "
+                                      "corrupted, cub, imagenet, imagenet_c, stanford_dogs, synthetic"),
+    ("datasets.cub.options", {"mask_treshold": 0.5}, "datasets.cub.options.mask_treshold: unknown key; allowed: "
+                                                     "expect_classes, mask_threshold, missing_annotation, "
+                                                     "segmentations_dir"),
+    ("datasets.cub.options", {"mask_threshold": 2}, "datasets.cub.options.mask_threshold: 2 is greater than the "
+                                                    "maximum of 1"),
+    ("explainers", ["generic_attention", "gradcam"],
+     "explainers[1]: unknown explainer 'gradcam'; known: attention_gradient, attention_rollout, generic_attention, "
+     "raw_attention"),
+    ("infer.precision", "fp64", "infer.precision: unknown precision 'fp64'; allowed: fp32, tf32, bf16, fp16"),
+    ("threshold", float("nan"), "threshold: must be a finite number, got nan"),
+    ("threshold", 1.5, "threshold: 1.5 is greater than the maximum of 1"),
+    ("models.b16.pretrianed", "openai", "models.b16.pretrianed: unknown key; allowed: adapter, image_normalization, "
+                                        "input_size, name, options, patch_size, pretrained, seed"),
+    ("models.b16.input_size", None, "models.b16.input_size: must be an integer, got None"),
+    ("runs", {"models": ["b16"], "datasets": ["cub"]}, "runs.methods: missing (required)"),
+])
+def test_each_fault_is_one_line_naming_the_key_and_the_allowed_values(path: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate_config(_faulty(path, value), source="my.yaml")
+    assert str(caught.value) == f"my.yaml: {message}"
+
+
+def test_an_override_is_checked_against_every_run_it_applies_to() -> None:
+    """An override without a method list reaches coop too, which has no head_init."""
+    config = _config(runs=[{"models": ["b16"], "datasets": ["cub"], "methods": ["lp", "coop"]}],
+                     overrides=[{"datasets": ["cub"], "set": {"head_init": "zero_shot"}}])
+    with pytest.raises(ConfigError, match=r"^config: overrides\[0\].set.head_init: not a hyper-parameter of kind "
+                                          r"'coop'; allowed: .* \(in run b16/cub/coop\)$"):
+        validate_config(config)
+    config["overrides"][0]["methods"] = ["lp"]
+    assert method_spec_for(validate_config(config), "b16", "cub", "lp")["head_init"] == "zero_shot"
+
+
+def test_registries_decide_the_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newly registered explainer is a valid config value without any schema edit."""
+    from rationality.explain.base import _EXPLAINERS, list_explainers
+
+    list_explainers()  # the built-ins first
+    monkeypatch.setitem(_EXPLAINERS._entries, "test_only_explainer", object)
+    assert validate_config(_config(explainers=["test_only_explainer"]))["explainers"] == ["test_only_explainer"]
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "my.yaml"
+    path.write_text("seed: 0\nmethods:\n  lp: {kind: linear_probe\nruns: [\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}:4:5: not valid YAML: while parsing a flow mapping "
+                                        "expected ',' or '}'")

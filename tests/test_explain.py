@@ -8,7 +8,8 @@ from torch import nn
 
 from rationality.errors import ConfigError
 from rationality.explain import create_explainer, explain_batch, list_explainers
-from rationality.explain.attribution import cls_rows_for_all_start_layers
+from rationality.explain.attribution import cls_rows_for_all_start_layers, readout_rows_for_all_start_layers
+from rationality.explain.base import Readout
 from rationality.models import ImageClassifier, LinearHead, PromptHead
 
 PROMPTS = ["a photo of a disk.", "a photo of a square.", "a photo of a triangle.", "a photo of a cross."]
@@ -62,6 +63,75 @@ def test_cls_rows_equal_direct_products() -> None:
 def test_cls_rows_single_block() -> None:
     relevance = torch.arange(9, dtype=torch.float64).view(1, 3, 3)
     torch.testing.assert_close(cls_rows_for_all_start_layers([relevance])[0, 0], relevance[0, 0, 1:])
+
+
+def test_readout_rows_equal_direct_products_from_any_start_row() -> None:
+    generator = torch.Generator().manual_seed(1)
+    batch, tokens, layers = 2, 5, 3
+    relevances = [torch.rand(batch, tokens, tokens, generator=generator, dtype=torch.float64) for _ in range(layers)]
+    start = torch.rand(batch, tokens, generator=generator, dtype=torch.float64)
+    rows = readout_rows_for_all_start_layers(relevances, start)
+    for s in range(layers):
+        r = torch.eye(tokens, dtype=torch.float64).expand(batch, tokens, tokens)
+        for layer in range(s, layers):
+            r = r + relevances[layer] @ r
+        torch.testing.assert_close(rows[:, s], (start[:, None] @ r)[:, 0], atol=1e-10, rtol=0)
+
+
+def _blocks(batch: int, heads: int, tokens: int, layers: int, seed: int) -> tuple[list, list]:
+    generator = torch.Generator().manual_seed(seed)
+    attentions = [torch.randn(batch, heads, tokens, tokens, generator=generator, dtype=torch.float64).softmax(-1)
+                  for _ in range(layers)]
+    gradients = [torch.randn(batch, heads, tokens, tokens, generator=generator, dtype=torch.float64)
+                 for _ in range(layers)]
+    return attentions, gradients
+
+
+def test_average_readout_is_the_mean_of_the_patch_tokens_rows() -> None:
+    """By linearity: the relevance of the mean of the patch tokens is the mean of their rows of R."""
+    attentions, gradients = _blocks(batch=2, heads=3, tokens=7, layers=3, seed=5)
+    prefix = 2
+    averaged = Readout.average(2, 7, prefix, like=attentions[0])
+    for name in list_explainers():
+        explainer = create_explainer(name)
+        ours = explainer(attentions, gradients, averaged)
+        rows = torch.stack([explainer.rows(attentions, gradients, Readout(prefix, weights=torch.eye(7)[j].expand(2, 7)
+                                                                              .to(torch.float64)))
+                            for j in range(prefix, 7)])  # [patches, B, L, T]
+        assert ours.shape == (2, 3, 5)
+        torch.testing.assert_close(ours, rows.mean(dim=0)[:, :, prefix:], atol=1e-12, rtol=0)
+
+
+def test_attention_pooling_readout_is_the_probes_rule_times_the_block_product() -> None:
+    """The probe's row (generic: mean_h (G ⊙ A)^+, no identity) times R_s; zero on tokens it does not see."""
+    attentions, gradients = _blocks(batch=2, heads=3, tokens=6, layers=2, seed=6)
+    generator = torch.Generator().manual_seed(7)
+    probe = torch.randn(2, 3, 1, 5, generator=generator, dtype=torch.float64).softmax(-1)  # skips 1 prefix token
+    probe_gradient = torch.randn(2, 3, 1, 5, generator=generator, dtype=torch.float64)
+    readout = Readout.attention_pool(probe, probe_gradient, tokens=6, prefix_tokens=1)
+    identity = torch.eye(6, dtype=torch.float64)
+    expected_start = {
+        "generic_attention": (probe_gradient * probe).clamp(min=0).mean(dim=1)[:, 0],
+        "attention_gradient": probe_gradient.clamp(min=0).mean(dim=1)[:, 0],
+        "attention_rollout": probe.mean(dim=1)[:, 0],
+    }
+    factors = {
+        "generic_attention": [identity + (g * a).clamp(min=0).mean(dim=1) for a, g in zip(attentions, gradients)],
+        "attention_gradient": [identity + g.clamp(min=0).mean(dim=1) for g in gradients],
+        "attention_rollout": [0.5 * a.mean(dim=1) + 0.5 * identity for a in attentions],
+    }
+    for name, start in expected_start.items():
+        start = torch.cat([torch.zeros(2, 1, dtype=torch.float64), start], dim=1)
+        ours = create_explainer(name)(attentions, gradients, readout)
+        for s in range(2):
+            product = identity
+            for factor in factors[name][s:]:
+                product = factor @ product
+            torch.testing.assert_close(ours[:, s], (start[:, None] @ product)[:, 0, 1:], atol=1e-12, rtol=0)
+    raw = create_explainer("raw_attention")(attentions, gradients, readout)
+    torch.testing.assert_close(raw, probe.mean(dim=1)[:, :1].expand(2, 2, 5), atol=0, rtol=0)  # K = T - 1
+    with pytest.raises(ValueError, match="K <= 4"):
+        Readout.attention_pool(probe, probe_gradient, tokens=4, prefix_tokens=0)
 
 
 # --------------------------------------------------------------------------- explain_batch

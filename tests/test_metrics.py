@@ -47,8 +47,9 @@ def test_threshold_boundary_counts_valid(value: float) -> None:
     correct = np.array([True])
     at = rationality_metrics(rma, edge, correct, threshold=value)
     assert (at.rr, at.rw) == (1, 0)
-    above = rationality_metrics(rma, edge, correct, threshold=float(np.nextafter(np.float32(value), np.float32(2))))
-    assert (above.rr, above.rw) == (0, 1)
+    if value < 1.0:  # no threshold lies above 1
+        above = rationality_metrics(rma, edge, correct, threshold=float(np.nextafter(np.float32(value), np.float32(2))))
+        assert (above.rr, above.rw) == (0, 1)
 
 
 def test_threshold_moves_samples_between_quadrants() -> None:
@@ -193,3 +194,10 @@ def test_paper_code_policy_reproduces_the_official_code_on_edge_cases(minmax: bo
         codes = outcome_codes(rma, edge, correct, threshold, "paper_code")
         expected = [_official_code_valid(h, m, threshold, minmax) for h, m in cases]
         assert [code == Outcome.RR for code in codes] == expected, threshold
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), -0.1, 1.5])
+def test_a_threshold_outside_zero_one_is_refused(threshold: float) -> None:
+    """NaN once counted every sample as invalid evidence (PT 0) without a word."""
+    with pytest.raises(ValueError, match="threshold must be a finite number in \\[0, 1\\]"):
+        rationality_metrics(np.array([0.7]), np.array([0]), np.array([True]), threshold)

@@ -56,6 +56,31 @@ def test_unknown_adapter() -> None:
     assert "open_clip" in str(caught.value)
 
 
+def test_declared_adapters_register_themselves_when_first_built() -> None:
+    """Listing and checking adapter names imports no model library; each declared module registers its name."""
+    import subprocess
+    import sys
+
+    listed = subprocess.run(
+        [sys.executable, "-c", "import sys; from rationality.models.base import list_adapters, check_adapter; "
+                               "names = list_adapters(); check_adapter('blip'); "
+                               "print(names, [m for m in ('open_clip', 'transformers', 'timm') if m in sys.modules])"],
+        capture_output=True, text=True, check=True)
+    assert listed.stdout.strip() == "['albef', 'blip', 'open_clip'] []"
+    from rationality.models.base import _ADAPTERS, VisionLanguageAdapter
+
+    for name in _ADAPTERS.names():  # get() imports the declared module and checks that it registered the name
+        assert issubclass(_ADAPTERS.get(name), VisionLanguageAdapter)
+
+
+def test_a_declared_module_must_register_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rationality.models.base import _ADAPTERS
+
+    monkeypatch.setitem(_ADAPTERS._declared, "nope", "rationality.models.heads")
+    with pytest.raises(ValueError, match="'nope' is declared in rationality.models.heads, which does not register"):
+        _ADAPTERS.get("nope")
+
+
 def test_unknown_open_clip_model() -> None:
     with pytest.raises(ConfigError, match="unknown open_clip model 'no-such-vit'"):
         create_adapter({"adapter": "open_clip", "name": "no-such-vit"})

@@ -28,6 +28,13 @@ def test_readme_block_is_what_the_script_generates() -> None:
         "README.md's generated block is out of date: run python -m rationality.report.readme"
 
 
+def test_readme_benchmark_figures_are_what_the_benchmark_report_generates() -> None:
+    """The Performance section's GPU and CPU tables and gpu_stage.json come from benchmarks/results/."""
+    result = subprocess.run([sys.executable, "benchmarks/report.py", "--check"], cwd=REPO, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.fixture
 def small(tmp_path: Path) -> Path:
     """A repository-like root: one ViT-B/32 on ImageNet and CUB, ZS and LP, two ImageNet-C corruptions
@@ -58,32 +65,33 @@ def _gpu(root: Path, rates: dict) -> None:
 
 def test_jobs_and_images_per_stage(small: Path) -> None:
     """5 runs (4 of the grid, lp@s of the ablation): 3 on ImageNet's 50,000 validation images, 2 on CUB's
-    5,794 test images; the out-of-distribution set adds 2 runs x 2 corruptions on ImageNet only."""
+    5,794 test images; the out-of-distribution set adds 2 runs x (2 corruptions + its clean severity 0)
+    on ImageNet only."""
     config = load_config_files([small / "config" / "paper.yaml", small / "config" / "paper-ablations.yaml"])
     counts = {stage.stage: (stage.jobs, sum(stage.images.values())) for stage in stage_counts(config)}
     assert counts == {"train": (5, 0), "infer": (5, 3 * 50_000 + 2 * 5_794), "score": (5, 0),
-                      "infer_ood": (4, 4 * 50_000), "score_ood": (4, 0)}
+                      "infer_ood": (6, 6 * 50_000), "score_ood": (6, 0)}
 
 
 def test_gpu_hours_and_storage_from_the_measurements(small: Path) -> None:
     block = generate(small)
-    assert "| m | 161,588 | 200,000 | not measured | not measured |" in block
-    assert "| train | 4 | 5 |  |" in block and "| infer_ood | 4 | 4 | 200,000 |" in block
+    assert "| m | 161,588 | 300,000 | not measured | not measured |" in block
+    assert "| train | 4 | 5 |  |" in block and "| infer_ood | 6 | 6 | 300,000 |" in block
     _gpu(small, {"m": 100.0})
     block = generate(small)
-    assert "from the throughput measured on a test GPU (2026-01-02, `benchmarks/gpu.sh`)" in block
-    assert "| m | 161,588 | 200,000 | 100.0 | 1.0 |" in block  # 361,588 images / 100 per s = 1.004 h
-    assert "| all | 161,588 | 200,000 | | 1.0 |" in block
-    # cache: 3 x 50,000 x 1,000 B + 2 x 5,794 x 500 B (clean); 4 x 50,000 x 1,000 B (out-of-distribution)
+    assert "from the throughput measured on a test GPU (2026-01-02, `benchmarks/gpu.sh`: the explanation pass in fp32" in block
+    assert "| m | 161,588 | 300,000 | 100.0 | 1.3 |" in block  # 461,588 images / 100 per s = 1.28 h
+    assert "| all | 161,588 | 300,000 | | 1.3 |" in block
+    # cache: 3 x 50,000 x 1,000 B + 2 x 5,794 x 500 B (clean); 6 x 50,000 x 1,000 B (out-of-distribution)
     assert "| cache (clean) | 5 | 161,588 | 500 B - 1.0 kB | 155.8 MB |" in block
-    assert "| cache (out-of-distribution) | 4 | 200,000 | 1.0 kB | 200.0 MB |" in block
-    assert "| scores (clean and out-of-distribution) | 9 | 361,588 | 10 B | 3.6 MB |" in block
+    assert "| cache (out-of-distribution) | 6 | 300,000 | 1.0 kB | 300.0 MB |" in block
+    assert "| scores (clean and out-of-distribution) | 11 | 461,588 | 10 B | 4.6 MB |" in block
     # masks and projections: ImageNet val, CUB test and the ImageNet-C set, each once at 224 px and 7x7
     assert "| masks | 3 | 105,794 | 20 B | 2.1 MB |" in block
     assert "| mask projections | 3 | 105,794 | 30 B | 3.2 MB |" in block
     assert "| m | imagenet | lp@s | t.s | linear_probe | adam | 0.5 |" in block
     _gpu(small, {"other": 5.0})
-    assert "| m | 161,588 | 200,000 | not measured | not measured |" in generate(small)
+    assert "| m | 161,588 | 300,000 | not measured | not measured |" in generate(small)
 
 
 @pytest.mark.parametrize("content", ['{"device": "x"}', "not json", json.dumps(
@@ -137,6 +145,8 @@ def configfile_misuses(text: str) -> list[str]:
                 if not word.rstrip("`).,;").endswith((".yaml", ".yml", ".json")):
                     bad.append(line.strip())
                     break
+                if word.endswith("`"):  # the end of an inline command: the prose after it is no argument
+                    break
     return bad
 
 
@@ -147,3 +157,4 @@ def test_no_target_follows_configfile_in_the_docs() -> None:
         {str(path.relative_to(REPO)): [] for path in docs}
     assert configfile_misuses("snakemake --cores 8 --configfile config/paper.yaml results/tables/pt_ir.csv") == [
         "snakemake --cores 8 --configfile config/paper.yaml results/tables/pt_ir.csv"]
+    assert configfile_misuses("`snakemake --cores 8 x.csv --configfile my.yaml` runs exactly `my.yaml`") == []

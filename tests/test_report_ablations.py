@@ -13,6 +13,7 @@ from rationality.cli import main
 from rationality.config import validate_config
 from rationality.errors import StoreError
 from rationality.report.ablations import ablation_frame, layout_for, to_latex, to_markdown
+from rationality.report.made_with import read_made_with
 from rationality.report.tables import rationality_table
 from rationality.store import write_dataset
 
@@ -99,7 +100,9 @@ def test_cli_writes_every_format_and_names_a_missing_store(stores: list[Path], t
                  "--markdown", f"{out}.md", "--latex", f"{out}.tex"]) == 0
     written = pd.read_csv(f"{out}.csv")
     assert list(written.columns) == ["ablation", "setup", "label", "explainer", "start_layer_policy", "metric",
-                                     "zs", "lp", "ft", "best"]
+                                     "zs", "lp", "ft", "threshold", "undefined_policy", "normalization", "best"]
+    assert read_made_with(f"{out}.csv") == {"threshold": "0.5", "undefined_policy": "invalid",
+                                            "normalization": "minmax"}  # what the report's caption shows
     assert written["best"].tolist() == ["ft", "zs", "zs lp ft", "ft", "zs lp ft", "lp ft"]
     assert Path(f"{out}.md").read_text().startswith("### t3") and Path(f"{out}.tex").is_file()
     capsys.readouterr()

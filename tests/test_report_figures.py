@@ -13,6 +13,7 @@ from rationality import schema
 from rationality.report.tables import metric_view
 from rationality.cli import main
 from rationality.report.figures import DPI, PANEL, save_figure
+from rationality.report.made_with import read_made_with
 from rationality.report.ood import ood_figure, ood_table
 from rationality.report.sweeps import start_layer_figure, threshold_curves, threshold_figure
 from rationality.scoring.metrics import UNDEFINED_POLICIES, rationality_metrics
@@ -197,3 +198,29 @@ def test_figure_cli_refuses_mixed_scoring_options(tmp_path: Path, capsys: pytest
                                    scoring={"normalization": "none"}), tmp_path / "b.zarr")
     assert main(["figure", "threshold", str(a), str(b), "--out", str(tmp_path / "x.png")]) == 2
     assert "different scoring options" in capsys.readouterr().err
+
+
+def test_figures_and_tables_record_how_they_were_made(tmp_path: Path) -> None:
+    """What the report's captions read: the options each output was made with, from the output itself."""
+    clean = [str(write_dataset(s, tmp_path / f"{s.attrs['method']}.zarr")) for s in _clean(12)]
+    shifted = [str(write_dataset(s, tmp_path / f"{s.attrs['method']}-fog.zarr"))
+               for s in _ood(12, severities=(3,)) if s.attrs["corruption"] == "fog"]
+    made = {}
+    for name, args in {
+        "threshold.png": ["figure", "threshold", *clean, "--policy", "all_blocks", "--undefined", "valid"],
+        "start_layer.png": ["figure", "start-layer", *clean, "--threshold", "0.3"],
+        "ood.png": ["figure", "ood", *clean, *shifted, "--threshold", "0.7", "--policy", "last_block"],
+        "pt_ir.csv": ["table", *clean, "--threshold", "0.4", "--undefined", "exclude"],
+        "bootstrap.csv": ["bootstrap", *clean, "--resamples", "20", "--seed", "3", "--threshold", "0.6"],
+    }.items():
+        assert main([*args, "--out", str(tmp_path / name)]) == 0
+        made[name] = read_made_with(tmp_path / name)
+    assert made == {
+        "threshold.png": {"start_layer_policy": "all_blocks", "undefined_policy": "valid", "normalization": "minmax"},
+        "start_layer.png": {"threshold": "0.3", "undefined_policy": "invalid", "normalization": "minmax"},
+        "ood.png": {"explainer": "generic_attention", "start_layer_policy": "last_block", "threshold": "0.7",
+                    "undefined_policy": "invalid", "normalization": "minmax"},
+        "pt_ir.csv": {"threshold": "0.4", "undefined_policy": "exclude", "normalization": "minmax"},
+        "bootstrap.csv": {"threshold": "0.6", "undefined_policy": "invalid", "normalization": "minmax",
+                          "resamples": "20", "seed": "3", "confidence": "0.95"},
+    }

@@ -18,6 +18,7 @@ from rationality.data.geometry import Geometry
 from rationality.data.masks import build_mask_store
 from rationality.errors import StoreError
 from rationality.report.figures import DPI
+from rationality.report.made_with import read_made_with
 from rationality.report.gallery import (
     IMAGE_PANEL, gallery_figure, pair_stores, round_robin, select_samples, show_figure,
 )
@@ -177,6 +178,8 @@ def test_gallery_cli_writes_a_png_of_fixed_size(stores: dict, tmp_path: Path, ca
     assert samples.startswith("samples: ") and samples.count("test-") == 2
     with Image.open(out) as image:
         assert image.size == (round(4 * IMAGE_PANEL[0] * DPI), round(2 * IMAGE_PANEL[1] * DPI))
+    assert read_made_with(out) == {"explainer": "generic_attention", "start_layer_policy": "paper", "threshold": "0.5",
+                                   "undefined_policy": "invalid", "normalization": "minmax"}
 
 
 def test_gallery_of_no_sample_is_a_note(stores: dict) -> None:
@@ -232,3 +235,33 @@ def test_show_of_an_unknown_sample(stores: dict, tmp_path: Path, capsys: pytest.
     assert main(["show", "no-such-sample", "--cache", str(stores["caches"][0]), "--masks", str(stores["masks"]),
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "no-such-sample" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["show", "gallery", "ood"])
+def test_an_unknown_explainer_is_an_error_not_a_blank_panel(
+        command: str, stores: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cache = schema.open_store(str(stores["caches"][0]), schema.StoreKind.CACHE)
+    out = str(tmp_path / "x.png")
+    args = {
+        "show": ["show", str(cache.indexes[schema.SAMPLE][0]), "--cache", *map(str, stores["caches"]),
+                 "--masks", str(stores["masks"]), "--explainers", "grad", "gradcam", "--out", out],
+        "gallery": ["figure", "gallery", "--scores", *map(str, stores["scores"]), "--cache", *map(str, stores["caches"]),
+                    "--masks", str(stores["masks"]), "--explainer", "gradcam", "--out", out],
+        "ood": ["figure", "ood", *map(str, stores["scores"]), "--explainer", "gradcam", "--out", out],
+    }[command]
+    assert main(args) == 2
+    kind = "cache" if command == "show" else "scores"
+    assert (f"the {kind} store of tiny/synth/zs holds no 'gradcam' heatmaps; it holds generic_attention, grad"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_show_draws_only_the_explainers_every_cache_holds(stores: dict) -> None:
+    caches = [schema.open_store(str(p), schema.StoreKind.CACHE) for p in stores["caches"][:2]]
+    masks = schema.open_store(str(stores["masks"]), schema.StoreKind.MASKS)
+    sample_id = str(caches[0].indexes[schema.SAMPLE][0])
+    only_grad = caches[1].sel(explainer=["grad"])
+    figure = show_figure([caches[0], only_grad], masks, sample_id, [None, None], policies=["paper"])
+    assert len(figure.axes) == 1 * 3 and "grad" in figure.axes[1].get_xlabel()
+    with pytest.raises(StoreError, match="holds no 'generic_attention' heatmaps; it holds grad"):
+        show_figure([caches[0], only_grad], masks, sample_id, [None, None], explainers=["generic_attention"])

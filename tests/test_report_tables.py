@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,37 @@ def test_table_cli_writes_every_layout(tmp_path: Path, capsys: pytest.CaptureFix
     assert pt.set_index("method")["a"].dropna().to_dict() == pytest.approx(expected.set_index("method").pt.to_dict())
     assert "### accuracy" in out["md"].read_text()
     assert "wrote" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- bad values on the command line
+
+
+@pytest.mark.parametrize("command", ["rescore", "table", "bootstrap", "figure start-layer", "figure ood"])
+@pytest.mark.parametrize("threshold", ["nan", "inf", "-0.1", "1.5", "half"])
+def test_every_threshold_option_refuses_values_outside_zero_one(
+        command: str, threshold: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--threshold nan`` once gave PT 0.000 with exit status 0."""
+    store = _written(tmp_path, "zs")
+    out = [] if command == "rescore" else ["--out", str(tmp_path / ("out.png" if "figure" in command else "out.csv"))]
+    with pytest.raises(SystemExit) as exited:
+        main([*command.split(), str(store), "--threshold", threshold, *out])
+    assert exited.value.code == 2
+    assert f"argument --threshold: must be a finite number in [0, 1], got '{threshold}'" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.csv")) + list(tmp_path.glob("*.png"))
+
+
+def test_bootstrap_refuses_a_confidence_outside_zero_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["bootstrap", str(_written(tmp_path, "zs")), "--confidence", "95", "--out", str(tmp_path / "b.csv")])
+    assert "argument --confidence: must be a number in (0, 1), got '95'" in capsys.readouterr().err
+
+
+def test_the_same_store_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Twice the same store once gave every row twice (and the paper layout refused nothing)."""
+    store = _written(tmp_path, "zs")
+    assert main(["rescore", str(store), str(tmp_path / "." / "zs.zarr")]) == 2
+    assert f"{store}, {tmp_path / '.' / 'zs.zarr'}: given more than once" in capsys.readouterr().err
+    copy = shutil.copytree(store, tmp_path / "copy" / "zs.zarr")
+    assert main(["table", str(store), str(copy), "--out", str(tmp_path / "t.csv")]) == 2
+    assert f"{store} and {copy} both hold run mock/mock/zs;" in capsys.readouterr().err
+    assert not (tmp_path / "t.csv").exists()

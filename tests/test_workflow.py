@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,20 +27,25 @@ def tiny_config() -> dict:
     config["synthetic"]["demo"]["image_size"] = [48, 40]
     config["methods"]["lp"]["epochs"] = 2
     config["methods"]["ft"]["epochs"] = 1
-    config["runs"]["methods"] = ["zs", "lp", "ft"]  # the other methods have tests of their own
+    # the other methods and the SigLIP-style model have tests of their own
+    config["runs"] = {"models": ["tiny-vit"], "datasets": ["demo"], "methods": ["zs", "lp", "ft"]}
     config["ood"]["demo-c"].update(corruptions=["fog"], severities=[3])
     return config
 
 
 def snakemake(workdir: Path, *args: str, configfile: str | tuple[str, ...] = "config.yaml",
               config: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run Snakemake on the repository's workflow in ``workdir`` (options that take lists go last;
-    config files relative to ``workdir``, several merged in order)."""
+    """Run Snakemake on the repository's workflow in ``workdir`` (options that take lists go last).
+
+    Args:
+        configfile: config file(s) in ``workdir`` given with --configfile, several merged in order; ``()``
+            for none (the demo).
+    """
+    configfiles = [str(workdir / name) for name in ((configfile,) if isinstance(configfile, str) else configfile)]
     env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
-    configfiles = (configfile,) if isinstance(configfile, str) else configfile
     return subprocess.run(
         [str(SNAKEMAKE), *args, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-         "--configfile", *(str(workdir / name) for name in configfiles), *(("--config", *config) if config else ())],
+         *(("--configfile", *configfiles) if configfiles else ()), *(("--config", *config) if config else ())],
         capture_output=True, text=True, env=env, timeout=900)
 
 
@@ -128,6 +134,25 @@ def test_demo_tables_figures_and_report(finished_report: Path) -> None:
         assert caption in html
 
 
+def test_report_captions_describe_the_outputs_not_the_current_config(finished_report: Path) -> None:
+    """A report built after the config changed, from outputs made before, captions what the files hold."""
+    result = snakemake(finished_report, "--report", "results/report-later.html",
+                       config=("threshold=0.6", "undefined_policy=valid"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    captions = report_captions(finished_report / "results" / "report-later.html")
+    assert len(captions) == 10  # 4 tables, 6 figures
+    thresholds = [re.findall(r"threshold ([\d.]*\d)", caption) for caption in captions]
+    assert sum(map(len, thresholds)) == 9 and {value for found in thresholds for value in found} == {"0.5"}
+    assert sum("counted as invalid" in caption for caption in captions) == 8 and not any("counted as valid" in caption for caption in captions)
+    assert sum("generic_attention heatmaps" in caption for caption in captions) == 2  # the out-of-distribution figures
+
+
+def report_captions(report: Path) -> list[str]:
+    """The captions of a Snakemake HTML report, as text (JSON strings holding HTML in the report's data)."""
+    encoded = re.findall(r'"caption": ("(?:[^"\\]|\\.)*")', report.read_text())
+    return [" ".join(re.sub(r"<[^>]+>", "", json.loads(text)).split()) for text in encoded]
+
+
 def test_new_threshold_reruns_tables_and_the_figures_that_show_it(finished_report: Path) -> None:
     tables = ("results/tables/pt_ir.csv", "results/tables/paper.md", "results/tables/paper.tex",
               "results/tables/bootstrap.csv", "results/figures/threshold_tiny-vit_demo.png")
@@ -166,6 +191,49 @@ def test_new_normalization_reruns_scoring_not_the_model(finished_demo: Path) -> 
     assert planned_jobs(result.stdout + result.stderr) == {"score": 3, "pt_ir_table": 1}
 
 
+def test_run_settings_and_resources_rerun_nothing(finished_demo: Path) -> None:
+    """Batch size, device, worker counts, the DDP launcher and every resource change how a job runs,
+    not what it computes: none of them re-runs a job."""
+    config = tiny_config()
+    config["infer"].update(batch_size=7, device="cpu", num_workers=1)
+    config["train"] = {"device": "cpu", "num_workers": 1, "nproc_per_node": 2}
+    config["resources"] = {stage: {"threads": 2, "mem_mb": 100, "runtime": 5} for stage in config["resources"]}
+    config["resources"]["train"]["gpu"] = config["resources"]["infer"]["gpu"] = 1
+    (finished_demo / "config-run.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(finished_demo, "-n", "results/tables/pt_ir.csv", configfile="config-run.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert planned_jobs(result.stdout + result.stderr) == {}
+
+
+def test_model_without_a_cls_token_runs_through_the_workflow(tmp_path: Path) -> None:
+    """The demo's SigLIP-style model (attention pooling), pretrained, adapted and explained by the same rules."""
+    import xarray as xr
+
+    config = tiny_config()
+    config["pretrain"]["tiny-siglip"]["epochs"] = 1
+    config["runs"] = {"models": ["tiny-siglip"], "datasets": ["demo"], "methods": ["zs", "ft"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "results/tables/pt_ir.csv")
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = pd.read_csv(tmp_path / "results" / "tables" / "pt_ir.csv")
+    assert set(table["model"]) == {"tiny-siglip"} and (table["n"] == 4 * 3).all()
+    paper = table[table["start_layer_policy"] == "paper"].groupby("method")["start_layer"].agg(set)
+    assert paper.to_dict() == {"zs": {3}, "ft": {0}}
+    cache = xr.open_zarr(tmp_path / "results" / "cache" / "tiny-siglip" / "demo" / "zs.zarr")
+    assert (cache.sizes["gy"], cache.sizes["gx"], cache.sizes["start_layer"]) == (8, 8, 4)
+    assert (cache.heatmap.values > 0).any()
+
+
+def test_a_method_the_model_cannot_run_stops_the_workflow_before_any_job(tmp_path: Path) -> None:
+    config = tiny_config()
+    config["runs"] = [config["runs"], {"models": ["tiny-siglip"], "datasets": ["demo"], "methods": ["coop"]}]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "results/tables/pt_ir.csv")
+    assert result.returncode != 0
+    assert "method 'coop' needs learned_text_context, which model 'tiny-siglip'" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
 def test_invalid_config_key_is_refused(tmp_path: Path) -> None:
     config = tiny_config()
     config["models"]["tiny-vit"]["pretrianed"] = "openai"
@@ -201,7 +269,7 @@ def test_demo_through_the_generic_cluster_executor(tmp_path: Path) -> None:
 def test_local_runs_schedule_one_gpu_job_at_a_time(finished_demo: Path) -> None:
     """The default workflow profile caps the `gpu` resource at 1: GPU jobs never overlap, even with free cores."""
     config = tiny_config()
-    config["resources"]["gpu"] = 1
+    config["resources"]["infer"]["gpu"] = 1
     (finished_demo / "config-gpu.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(finished_demo, "results/tables/pt_ir.csv", "--forcerun", "infer", configfile="config-gpu.yaml")
     output = result.stdout + result.stderr
@@ -219,23 +287,32 @@ def test_local_runs_schedule_one_gpu_job_at_a_time(finished_demo: Path) -> None:
 
 
 def test_paper_config_plans_the_full_grid_over_fixture_trees(tmp_path: Path) -> None:
-    """config/paper.yaml with its dataset roots on small fixture trees in the real formats: the
-    datasets check passes and a dry run of the default target plans 4 models x 4 datasets x
-    ZS/LP/FLCP/FT + CoOp and Tip-Adapter-F for the two CLIP models, and exactly the out-of-distribution
-    runs of the paper's figures."""
+    """config/paper.yaml on fixture trees: the datasets check passes and a dry run through
+    profiles/slurm plans 4 models x 4 datasets x ZS/LP/FLCP/FT + CoOp and Tip-Adapter-F for the two
+    CLIP models, and every out-of-distribution run, each job with the resources its rule declares from
+    the config (neither the SLURM profile nor the local GPU cap changes them): with 2 processes per
+    training job, a training job asks for 2 GPUs."""
     from rationality.config import ood_runs, validate_config
     from tests.fixture_trees_paper import write_paper_config
 
     config = write_paper_config(tmp_path)
-
+    config["train"]["nproc_per_node"] = 2
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump(config))
     check = subprocess.run([str(SNAKEMAKE.with_name("rationality")), "datasets", "check", str(tmp_path / "paper.yaml")],
                            capture_output=True, text=True, timeout=600)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     assert "all OK" in check.stdout
 
-    result = snakemake(tmp_path, "-n", configfile="paper.yaml")
+    result = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"), configfile="paper.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     jobs = planned_jobs(result.stdout)
+    asked = {}
+    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.MULTILINE):
+        resources = dict(re.findall(r"(\w+)=([^,]+)", resources))
+        asked.setdefault(rule, set()).add(tuple(resources.get(name) for name in ("gpu", "mem_mb", "runtime")))
+    assert asked["train"] == {("2", "32000", "720")}
+    assert asked["infer"] == asked["infer_ood"] == {("1", "32000", "720")}
+    assert asked["score"] == asked["score_ood"] == {(None, "16000", "120")}
     runs = 4 * 4 * 4 + 2 * 4 * 2
     assert (jobs["train"], jobs["infer"], jobs["score"]) == (runs, runs, runs)
     assert jobs["infer_ood"] == jobs["score_ood"] == len(ood_runs(validate_config(config))) == 2 * 4 * (1 + 6 * 5)

@@ -11,7 +11,7 @@ mask holds exactly the pixels whose **centres** lie inside the region; a VOC box
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,12 +20,21 @@ import scipy.io
 from PIL import Image
 
 from rationality.data.base import DatasetReader, Sample
-from rationality.errors import ConfigError, DataError
+from rationality.errors import DataError
 
 #: Default of the ``bounds_tolerance`` option: how far (in pixels) an annotation may reach beyond the
 #: image's outer pixel edges before it is an error. Annotation tools often put a vertex on the first
 #: or last pixel's outer edge, or a 0 into a 1-based coordinate; the overhang is clipped away.
 DEFAULT_BOUNDS_TOLERANCE = 1.0
+
+#: Option schemas several readers share (see ``DatasetReader.option_schemas``).
+MASK_THRESHOLD_OPTION: dict[str, Any] = {
+    "type": "number", "exclusiveMinimum": 0, "maximum": 1,
+    "description": "a mask pixel is object when value / 255 >= it (default 0.5)"}
+EXPECT_CLASSES_OPTION: dict[str, Any] = {
+    "type": ["integer", "null"], "minimum": 1, "description": "required number of classes; null accepts any"}
+BOUNDS_TOLERANCE_OPTION: dict[str, Any] = {
+    "type": "number", "minimum": 0, "description": "pixels an annotation may overhang its image (default 1)"}
 
 Size = tuple[int, int]  # (width, height) in pixels
 
@@ -78,39 +87,6 @@ class ListedReader(DatasetReader):
         return False
 
 
-def check_options(root: Path, options: dict[str, Any], allowed: Collection[str], reader: str) -> None:
-    """Raise ConfigError naming every option of ``options`` that is not in ``allowed``."""
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"{root}: unknown {reader} reader options {unknown}; known: {', '.join(sorted(allowed))}"
-        )
-
-
-def float_option(
-    options: dict[str, Any], name: str, default: float, valid: Callable[[float], bool], rule: str
-) -> float:
-    """The number option ``name`` (default ``default``). Raises ConfigError unless ``valid`` holds.
-
-    Args:
-        rule: the valid range in words, for the message (e.g. ``"in (0, 1]"``).
-    """
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(float(value)):
-        raise ConfigError(f"option {name} must be a number {rule}, got {value!r}")
-    return float(value)
-
-
-def int_option(options: dict[str, Any], name: str, default: int | None, minimum: int) -> int | None:
-    """The integer option ``name`` (default ``default``; ``None`` allowed). Raises ConfigError below ``minimum``."""
-    value = options.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"option {name} must be an integer >= {minimum} or null, got {value!r}")
-    return value
-
-
 def path_option(options: dict[str, Any], name: str) -> Path | None:
     """The path option ``name`` (relative paths are relative to the working directory), or None."""
     value = options.get(name)
@@ -119,11 +95,6 @@ def path_option(options: dict[str, Any], name: str) -> Path | None:
     if not isinstance(value, (str, Path)) or not str(value):
         raise ConfigError(f"option {name} must be a path, got {value!r}")
     return Path(value)
-
-
-def bounds_tolerance(options: dict[str, Any]) -> float:
-    """The ``bounds_tolerance`` option: pixels an annotation may overhang its image (default 1)."""
-    return float_option(options, "bounds_tolerance", DEFAULT_BOUNDS_TOLERANCE, lambda v: v >= 0, ">= 0")
 
 
 def check_class_count(found: int, expected: int | None, where: Path, layout: str) -> None:

@@ -5,7 +5,9 @@ integer labels, human-readable class names, and a ground-truth object mask per s
 original image frame. Everything downstream joins on the ids, never on positions.
 
 Adding a dataset is one new module under ``rationality/data/`` that decorates its reader class
-with :func:`register_dataset` (and is imported in :mod:`rationality.data._readers`).
+with :func:`register_dataset` (and is imported in :mod:`rationality.data._readers`). A reader declares
+its options once, as JSON Schema (``option_schemas``): :func:`check_reader_options` checks a config's
+options against it before any job runs, and the reader itself when it is built.
 """
 
 from __future__ import annotations
@@ -15,17 +17,21 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 from rationality._registry import Registry
+from rationality._validation import check_schema
 from rationality.errors import ConfigError, DataError
 
 #: What a reader does with an image that has no annotation (option ``missing_annotation``): ``fail``
 #: raises DataError naming it; ``skip`` leaves it out and records it in ``DatasetReader.skipped``.
 MISSING_ANNOTATION_POLICIES = ("fail", "skip")
+#: Option schemas several readers share.
+PATH_OPTION: dict[str, Any] = {"type": "string", "minLength": 1}
+MISSING_ANNOTATION_OPTION: dict[str, Any] = {"enum": list(MISSING_ANNOTATION_POLICIES)}
 
 
 @dataclass(frozen=True)
@@ -42,11 +48,24 @@ class DatasetReader(abc.ABC):
 
     Args:
         root: the dataset's directory.
-        **options: reader-specific options from the config's dataset spec.
+        **options: reader-specific options from the config's dataset spec, as ``option_schemas``
+            declares them (checked here; defaults are the reader's).
+
+    Raises:
+        ConfigError: naming the root and the option, for an unknown option or a bad value.
     """
+
+    #: Option name -> JSON Schema of its value; any other option is an error.
+    option_schemas: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Options that must be given.
+    required_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         self.root = Path(root)
+        try:
+            check_options(type(self), options)
+        except ConfigError as error:
+            raise ConfigError(f"{self.root}: {error}") from None
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset directory does not exist")
         self.options = options
@@ -108,12 +127,14 @@ class DatasetReader(abc.ABC):
         return digest.hexdigest()
 
 
-def missing_annotation_policy(options: dict[str, Any]) -> str:
-    """The ``missing_annotation`` option (default ``fail``). Raises ConfigError for another value."""
-    policy = options.get("missing_annotation", "fail")
-    if policy not in MISSING_ANNOTATION_POLICIES:
-        raise ConfigError(f"missing_annotation must be one of {MISSING_ANNOTATION_POLICIES}, got {policy!r}")
-    return policy
+def check_options(reader: type[DatasetReader], options: dict[str, Any]) -> None:
+    """Check options against the reader's ``option_schemas`` and ``required_options``.
+
+    Raises:
+        ConfigError: about the option at fault (an unknown one lists the reader's).
+    """
+    check_schema(options, {"type": "object", "additionalProperties": False, "properties": reader.option_schemas,
+                           "required": list(reader.required_options)})
 
 
 def read_rgb_image(path: Path) -> Image.Image:
@@ -134,6 +155,24 @@ _DATASETS: Registry[type[DatasetReader]] = Registry("dataset reader", "rationali
 register_dataset = _DATASETS.register
 #: Names of the registered dataset readers.
 list_datasets = _DATASETS.names
+#: The reader class registered under a name (ConfigError listing the known names otherwise).
+dataset_class = _DATASETS.get
+
+
+def check_reader_options(reader: str, options: dict[str, Any]) -> None:
+    """Check a dataset spec's ``reader`` and ``options`` without reading the dataset (the config check).
+
+    Raises:
+        ConfigError: about ``reader`` (unknown: listing the registered ones) or ``options.<name>``.
+    """
+    try:
+        cls = _DATASETS.get(reader)
+    except ConfigError as error:
+        raise error.within("reader") from None
+    try:
+        check_options(cls, options)
+    except ConfigError as error:
+        raise error.within("options") from None
 
 
 def create_dataset(reader: str, root: str | Path, **options: Any) -> DatasetReader:

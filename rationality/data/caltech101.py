@@ -44,21 +44,20 @@ from typing import Any
 import numpy as np
 
 from rationality.data._annotations import (
+    BOUNDS_TOLERANCE_OPTION,
+    DEFAULT_BOUNDS_TOLERANCE,
+    EXPECT_CLASSES_OPTION,
     ListedReader,
-    bounds_tolerance,
     check_class_count,
     check_inside,
-    check_options,
     describe_ids,
-    float_option,
     image_size,
-    int_option,
     load_mat,
     path_option,
     polygon_mask,
     readable_name,
 )
-from rationality.data.base import Sample, missing_annotation_policy, register_dataset
+from rationality.data.base import MISSING_ANNOTATION_OPTION, PATH_OPTION, Sample, register_dataset
 from rationality.errors import DataError
 
 SPLITS = ("train", "test")
@@ -71,9 +70,6 @@ ANNOTATION_FOLDERS = {
     "Motorbikes": "Motorbikes_16",
     "airplanes": "Airplanes_Side_2",
 }
-_OPTIONS = (
-    "split_seed", "split_fraction", "split_file", "missing_annotation", "expect_classes", "bounds_tolerance",
-)
 _LAYOUT_HINT = (
     "expected layout: root/101_ObjectCategories/<category>/image_NNNN.jpg and "
     "root/Annotations/<annotation folder>/annotation_NNNN.mat"
@@ -104,20 +100,25 @@ class Caltech101Reader(ListedReader):
     """
 
     title = "Caltech-101"
+    option_schemas = {
+        "split_seed": {"type": "integer", "minimum": 0}, "split_fraction": {
+            "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "split_file": PATH_OPTION, "missing_annotation": MISSING_ANNOTATION_OPTION,
+        "expect_classes": EXPECT_CLASSES_OPTION, "bounds_tolerance": BOUNDS_TOLERANCE_OPTION,
+    }
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
-        check_options(self.root, options, _OPTIONS, "caltech101")
-        self.split_seed = int_option(options, "split_seed", 0, 0)
-        self.split_fraction = float_option(options, "split_fraction", 0.8, lambda v: 0.0 < v < 1.0, "in (0, 1)")
-        self.bounds_tolerance = bounds_tolerance(options)
-        policy = missing_annotation_policy(options)
+        self.split_seed = options.get("split_seed", 0)
+        self.split_fraction = float(options.get("split_fraction", 0.8))
+        self.bounds_tolerance = float(options.get("bounds_tolerance", DEFAULT_BOUNDS_TOLERANCE))
+        policy = options.get("missing_annotation", "fail")
         default_split_file = self.root / f"rationality-split-seed{self.split_seed}-train{self.split_fraction:g}.json"
         self.split_file = path_option(options, "split_file") or default_split_file
 
         categories = _category_folders(self.root / "101_ObjectCategories")
         check_class_count(
-            len(categories), int_option(options, "expect_classes", CLASS_COUNT, 1),
+            len(categories), options.get("expect_classes", CLASS_COUNT),
             self.root / "101_ObjectCategories", f"Caltech-101 has {CLASS_COUNT} besides {BACKGROUND}",
         )
         self._class_names = tuple(readable_name(category).lower() for category in categories)

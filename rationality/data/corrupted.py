@@ -36,15 +36,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from rationality.data._annotations import check_options
 from rationality.data.base import DatasetReader, Sample, create_dataset, register_dataset
 from rationality.data.corruptions import (
     IMAGENET_C_JPEG_QUALITY, FrostImages, check_corruption, check_jpeg_quality, check_severity, corrupt, sample_rng,
 )
 from rationality.data.geometry import PreCrop
+from rationality.data.imagenet import OPTIONS as IMAGENET_OPTIONS
 from rationality.errors import ConfigError
-
-_OPTIONS = ("base", "corruption", "severity", "seed", "pre_crop", "jpeg_quality", "frost_dir")
 
 
 @register_dataset("corrupted")
@@ -61,19 +59,25 @@ class CorruptedReader(DatasetReader):
             ``frost_dir`` without the five frost photographs); the base reader's errors as they are.
     """
 
+    option_schemas = {
+        "base": {"type": "object", "additionalProperties": False, "required": ["reader"],
+                 "properties": {"reader": {"type": "string"}, "options": {"type": "object"}},
+                 "description": "the base dataset's {reader, options}"},
+        "corruption": {"type": "string"}, "severity": {"type": "integer"}, "seed": {"type": "integer", "minimum": 0},
+        "pre_crop": IMAGENET_OPTIONS["pre_crop"],
+        "jpeg_quality": {"type": ["integer", "null"], "minimum": 1, "maximum": 100,
+                         "description": "JPEG quality of the round trip after corrupting (null: none)"},
+        "frost_dir": {"type": "string", "description": "the directory of ImageNet-C's frost photographs"},
+    }
+    required_options = ("base", "corruption", "severity")
+
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
-        check_options(self.root, options, _OPTIONS, "corrupted")
-        base = options.get("base")
-        if (not isinstance(base, dict) or set(base) - {"reader", "options"} or not isinstance(base.get("reader"), str)
-                or not isinstance(base.get("options", {}), dict)):
-            raise ConfigError(f"{self.root}: option base must be {{reader: <name>, options: {{...}}}}, got {base!r}")
+        base = options["base"]
         base_options = base.get("options", {})
-        self.corruption = check_corruption(options.get("corruption"))
-        self.severity = check_severity(options.get("severity"), allow_clean=True)
+        self.corruption = check_corruption(options["corruption"])
+        self.severity = check_severity(options["severity"], allow_clean=True)
         self.seed = options.get("seed", 0)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"{self.root}: option seed must be an integer >= 0, got {self.seed!r}")
         try:
             self.pre_crop = PreCrop.from_option(options.get("pre_crop"), str(self.root))
         except ValueError as exc:

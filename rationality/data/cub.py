@@ -33,22 +33,20 @@ import numpy as np
 from PIL import Image
 
 from rationality.data._annotations import (
+    EXPECT_CLASSES_OPTION,
+    MASK_THRESHOLD_OPTION,
     ListedReader,
     check_class_count,
-    check_options,
     describe_ids,
-    float_option,
     image_size,
-    int_option,
     path_option,
     readable_name,
 )
-from rationality.data.base import Sample, missing_annotation_policy, register_dataset
+from rationality.data.base import MISSING_ANNOTATION_OPTION, PATH_OPTION, Sample, register_dataset
 from rationality.errors import DataError
 
 SPLITS = ("train", "test")
 CLASS_COUNT = 200
-_OPTIONS = ("mask_threshold", "segmentations_dir", "missing_annotation", "expect_classes")
 _LAYOUT_HINT = (
     "expected layout: CUB_200_2011/{images.txt, image_class_labels.txt, classes.txt, train_test_split.txt, "
     "images/<class dir>/<file>.jpg} and segmentations/<class dir>/<file>.png inside it or next to it"
@@ -78,13 +76,14 @@ class CUBReader(ListedReader):
     """
 
     title = "CUB-200-2011"
+    option_schemas = {"mask_threshold": MASK_THRESHOLD_OPTION, "segmentations_dir": PATH_OPTION,
+                      "missing_annotation": MISSING_ANNOTATION_OPTION, "expect_classes": EXPECT_CLASSES_OPTION}
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
-        check_options(self.root, options, _OPTIONS, "cub")
-        self.mask_threshold = float_option(options, "mask_threshold", 0.5, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
-        policy = missing_annotation_policy(options)
-        expected = int_option(options, "expect_classes", CLASS_COUNT, 1)
+        self.mask_threshold = float(options.get("mask_threshold", 0.5))
+        policy = options.get("missing_annotation", "fail")
+        expected = options.get("expect_classes", CLASS_COUNT)
         self.segmentations_dir = self._find_segmentations(path_option(options, "segmentations_dir"))
 
         class_dirs = _read_class_dirs(self.root / "classes.txt")

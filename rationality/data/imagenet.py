@@ -54,10 +54,12 @@ import numpy as np
 from PIL import Image
 
 from rationality.data._annotations import (
-    bounds_tolerance, box_mask, check_class_count, check_inside, check_options, describe_ids, image_size,
-    int_option,
+    BOUNDS_TOLERANCE_OPTION, DEFAULT_BOUNDS_TOLERANCE, EXPECT_CLASSES_OPTION, box_mask, check_class_count,
+    check_inside, describe_ids, image_size,
 )
-from rationality.data.base import DatasetReader, Sample, missing_annotation_policy, read_rgb_image, register_dataset
+from rationality.data.base import (
+    MISSING_ANNOTATION_OPTION, PATH_OPTION, DatasetReader, Sample, read_rgb_image, register_dataset,
+)
 from rationality.data.geometry import PreCrop
 from rationality.errors import ConfigError, DataError
 
@@ -72,10 +74,14 @@ _LAYOUT_HINT = (
     "expected val/<wnid>/<id>.JPEG or val/<id>.JPEG, boxes in val_annotations/<id>.xml or LOC_val_solution.csv, "
     "and LOC_synset_mapping.txt"
 )
-OPTIONS = (
-    "images", "boxes", "class_names_file", "expect_classes", "missing_annotation", "bounds_tolerance", "pre_crop",
-    "train_images",
-)
+#: The reader's options (``ImageNetReader.option_schemas``); the imagenet_c reader takes them too.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "images": PATH_OPTION, "boxes": PATH_OPTION, "class_names_file": PATH_OPTION, "train_images": PATH_OPTION,
+    "expect_classes": EXPECT_CLASSES_OPTION, "missing_annotation": MISSING_ANNOTATION_OPTION,
+    "bounds_tolerance": BOUNDS_TOLERANCE_OPTION,
+    "pre_crop": {"type": ["array", "null"], "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
+                 "description": "[resize, crop] before the model's geometry, e.g. ImageNet-C's [256, 224]"},
+}
 
 
 @dataclass(frozen=True)
@@ -107,18 +113,19 @@ class ImageNetReader(DatasetReader):
         DataError: naming the file, if the layout is missing or inconsistent.
     """
 
+    option_schemas = OPTIONS
+
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
-        check_options(self.root, options, OPTIONS, "imagenet")
-        self.policy = missing_annotation_policy(options)
-        self.tolerance = bounds_tolerance(options)
+        self.policy = options.get("missing_annotation", "fail")
+        self.tolerance = float(options.get("bounds_tolerance", DEFAULT_BOUNDS_TOLERANCE))
         try:
             self.pre_crop = PreCrop.from_option(options.get("pre_crop"), str(self.root))
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         names_file = self._path(options.get("class_names_file", "LOC_synset_mapping.txt"), "class_names_file")
         synsets = read_synsets(names_file)
-        check_class_count(len(synsets), int_option(options, "expect_classes", DEFAULT_CLASSES, 1), names_file,
+        check_class_count(len(synsets), options.get("expect_classes", DEFAULT_CLASSES), names_file,
                           "synsets in the class-names file")
         self.wnids = tuple(sorted(synsets))
         self._labels = {wnid: label for label, wnid in enumerate(self.wnids)}

@@ -28,15 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from rationality.data._annotations import check_options, describe_ids, image_size
-from rationality.data.base import DatasetReader, Sample, register_dataset
+from rationality.data._annotations import describe_ids, image_size
+from rationality.data.base import PATH_OPTION, DatasetReader, Sample, register_dataset
 from rationality.data.corruptions import check_severity
 from rationality.data.geometry import IMAGENET_C_PRE_CROP
 from rationality.data.imagenet import OPTIONS as VAL_OPTIONS
 from rationality.data.imagenet import SPLIT, ImageNetReader, scan_images
-from rationality.errors import ConfigError, DataError
+from rationality.errors import DataError
 
-_OWN_OPTIONS = ("corruption", "severity", "val_root")
+_OWN_OPTIONS = {"corruption": {"type": "string"}, "severity": {"type": "integer"}, "val_root": PATH_OPTION}
 
 
 @register_dataset("imagenet_c")
@@ -54,13 +54,11 @@ class ImageNetCReader(DatasetReader):
             without a corrupted one.
     """
 
+    option_schemas = {**_OWN_OPTIONS, **{name: schema for name, schema in VAL_OPTIONS.items() if name != "pre_crop"}}
+    required_options = tuple(_OWN_OPTIONS)
+
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
-        allowed = (*_OWN_OPTIONS, *(option for option in VAL_OPTIONS if option != "pre_crop"))
-        check_options(self.root, options, allowed, "imagenet_c")
-        missing = [name for name in _OWN_OPTIONS if options.get(name) is None]
-        if missing:
-            raise ConfigError(f"{self.root}: the imagenet_c reader needs options {missing}")
         self.corruption, self.severity = options["corruption"], check_severity(options["severity"], allow_clean=False)
         val_options = {key: value for key, value in options.items() if key not in _OWN_OPTIONS}
         pre = IMAGENET_C_PRE_CROP

@@ -34,24 +34,23 @@ from typing import Any
 import numpy as np
 
 from rationality.data._annotations import (
+    BOUNDS_TOLERANCE_OPTION,
+    DEFAULT_BOUNDS_TOLERANCE,
+    EXPECT_CLASSES_OPTION,
     ListedReader,
-    bounds_tolerance,
     box_mask,
     check_class_count,
     check_inside,
-    check_options,
     describe_ids,
     image_size,
-    int_option,
     load_mat,
     readable_name,
 )
-from rationality.data.base import Sample, missing_annotation_policy, register_dataset
+from rationality.data.base import MISSING_ANNOTATION_OPTION, Sample, register_dataset
 from rationality.errors import DataError
 
 SPLITS = ("train", "test")
 CLASS_COUNT = 120
-_OPTIONS = ("missing_annotation", "expect_classes", "bounds_tolerance")
 _LAYOUT_HINT = (
     "expected layout: root/Images/<wnid>-<Breed>/<file>.jpg, root/Annotation/<wnid>-<Breed>/<file stem> "
     "(VOC XML) and root/lists/{train,test}_list.mat"
@@ -78,15 +77,16 @@ class StanfordDogsReader(ListedReader):
     """
 
     title = "Stanford Dogs"
+    option_schemas = {"missing_annotation": MISSING_ANNOTATION_OPTION, "expect_classes": EXPECT_CLASSES_OPTION,
+                      "bounds_tolerance": BOUNDS_TOLERANCE_OPTION}
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
-        check_options(self.root, options, _OPTIONS, "stanford_dogs")
-        self.bounds_tolerance = bounds_tolerance(options)
-        policy = missing_annotation_policy(options)
+        self.bounds_tolerance = float(options.get("bounds_tolerance", DEFAULT_BOUNDS_TOLERANCE))
+        policy = options.get("missing_annotation", "fail")
         self._folders = _breed_folders(self.root / "Images")
         check_class_count(
-            len(self._folders), int_option(options, "expect_classes", CLASS_COUNT, 1),
+            len(self._folders), options.get("expect_classes", CLASS_COUNT),
             self.root / "Images", f"Stanford Dogs has {CLASS_COUNT} breeds",
         )
         self._class_names = tuple(readable_name(_FOLDER.fullmatch(folder)[2]) for folder in self._folders)

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from rationality.data import _annotations
-from rationality.data._annotations import ListedReader, check_options, float_option
+from rationality.data._annotations import MASK_THRESHOLD_OPTION, ListedReader
 from rationality.data.base import Sample, register_dataset
 from rationality.errors import DataError
 
@@ -300,11 +300,11 @@ class SyntheticReader(ListedReader):
     """
 
     title = "the synthetic dataset"
+    option_schemas = {"mask_threshold": MASK_THRESHOLD_OPTION}
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
-        check_options(self.root, options, ("mask_threshold",), "synthetic")
-        self.mask_threshold = float_option(options, "mask_threshold", 0.5, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+        self.mask_threshold = float(options.get("mask_threshold", 0.5))
         self._class_names = _read_class_names(self.root / "classes.txt")
         self._splits = self._read_index(self.split_source)
 

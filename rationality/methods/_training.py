@@ -11,8 +11,9 @@ Seeded, logged per epoch, resumable, with optional mixed precision and DDP:
   after the last finished epoch; the same seed then gives the same final weights as an uninterrupted
   run (tested). The caller deletes the state once the final checkpoint is written.
 * **Log**: ``<run_dir>/train_log.csv``, one row per epoch: epoch, mean loss, training accuracy.
-* **Mixed precision**: ``precision: bf16`` or ``fp16`` runs forward passes under ``torch.autocast``
-  (fp16 with a gradient scaler); parameters and optimiser state stay fp32.
+* **Precision** (:mod:`rationality.precision`): ``tf32`` runs float32 matrix products on TensorFloat-32;
+  ``bf16`` or ``fp16`` runs forward passes under ``torch.autocast`` (fp16 with a gradient scaler);
+  parameters and optimiser state stay fp32.
 * **DDP**: started under ``torchrun`` (``WORLD_SIZE`` > 1), each process takes an equal share of every
   global batch (``batch_size`` stays the global batch size), gradients are averaged across processes,
   and only rank 0 writes the log and the state.
@@ -43,11 +44,11 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
 from rationality.errors import ConfigError
+from rationality.precision import autocast_dtype as precision_dtype, check_precision, float32_matmul_precision
 
 TRAIN_LOG_FILE = "train_log.csv"
 TRAIN_STATE_FILE = "train_state.pt"
 OPTIMIZERS = ("adam", "adamw")
-TRAINING_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: A training step: (the module to call, a batch already on the device) -> (mean loss, logits [B, C], labels [B]).
 Step = Callable[[nn.Module, Sequence[Any]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -93,8 +94,7 @@ class TrainingOptions:
             raise ConfigError(f"shots must be at least 1 (or null for the whole split), got {self.shots}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.precision not in TRAINING_PRECISIONS:
-            raise ConfigError(f"precision must be one of {tuple(TRAINING_PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision, key="precision")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got {self.epochs}, "
                               f"{self.batch_size}, {self.lr}")
@@ -191,6 +191,8 @@ def init_distributed(device: str) -> torch.device:
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if dist.get_rank() == 0:
+            print(f"DDP: {dist.get_world_size()} processes ({dist.get_backend()})", flush=True)
         if use_cuda:
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local_rank)
@@ -272,7 +274,7 @@ def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: Train
     run.run_dir.mkdir(parents=True, exist_ok=True)
     named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
     optimizer = _make_optimizer([p for _, p in named], options)
-    autocast_dtype = TRAINING_PRECISIONS[options.precision]
+    autocast_dtype = precision_dtype(options.precision)
     scaler = torch.amp.GradScaler(run.device.type, enabled=options.precision == "fp16")
     caller = module
     if size > 1:
@@ -291,7 +293,7 @@ def train_epochs(module: nn.Module, step: Step, dataset: Dataset, options: Train
         for micro, batch in zip(micro_steps, tqdm(loader, desc=f"{description} epoch {epoch}/{options.epochs}",
                                                   leave=False, disable=rank != 0)):
             batch = _to_device(batch, run.device)
-            with _gradient_sync(caller, micro.last):
+            with _gradient_sync(caller, micro.last), float32_matmul_precision(options.precision):
                 with torch.autocast(run.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     loss, logits, labels = step(caller, batch)
                 scaler.scale(loss * micro.weight).backward()

@@ -15,8 +15,10 @@ from a phrase, the context has as many vectors as the phrase has tokens (CoOp co
 for ``"a photo of a"``); with ``class_specific`` that initialisation is copied to every class (CoOp
 ignores ``class_specific`` when initialising from a phrase).
 
-Implemented for open_clip ``CLIP`` models: it needs the optional adapter capability
-``encode_text_with_context`` (see :class:`~rationality.models.openclip.OpenClipAdapter`).
+It needs the adapter capability ``learned_text_context`` (``encode_text_with_context``): open_clip
+models whose text tower is CLIP's (the CLIP class, EVA02-CLIP); see
+:class:`~rationality.models.openclip.OpenClipAdapter`. The config check refuses CoOp runs of other
+models before anything runs.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from rationality.errors import ConfigError
 from rationality.methods._training import Run, train_epochs
 from rationality.methods.base import TrainedMethod, register_method
 from rationality.methods.linear_probe import classify_step, image_embeddings
-from rationality.models.base import VisionLanguageAdapter
+from rationality.models.base import LEARNED_TEXT_CONTEXT, VisionLanguageAdapter
 from rationality.models.heads import ImageClassifier, PromptHead
 
 if TYPE_CHECKING:  # importing open_clip only to look up a method would cost seconds
@@ -90,6 +92,7 @@ class CoOp(TrainedMethod):
     passes_images = False  # trains on embeddings computed once
 
     paper_start_layer = "last"
+    requires = frozenset({LEARNED_TEXT_CONTEXT})
 
     lr: float = 2e-3
     n_ctx: int | None = None
@@ -117,7 +120,7 @@ class CoOp(TrainedMethod):
 
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
             run: Run) -> ImageClassifier:
-        if not hasattr(adapter, "encode_text_with_context"):
+        if not hasattr(adapter, "encode_text_with_context"):  # open_clip checks its text tower itself
             raise ConfigError(f"CoOp is implemented for open_clip models, not for adapter {adapter.spec.adapter!r}")
         names = [name.replace("_", " ") for name in class_names]
         learner = _PromptLearner(adapter, self.initial_context(adapter, len(names), run.seed), names)
@@ -126,8 +129,6 @@ class CoOp(TrainedMethod):
         train_epochs(learner, classify_step, TensorDataset(features, labels), self, run, "CoOp")
         adapter.requires_grad_(True)
         with torch.no_grad():
-            embeddings = learner.class_embeddings().float()
-            head = PromptHead(*embeddings.shape).to(embeddings.device)
-            head.class_embeddings.copy_(embeddings)
-            head.scale.copy_(adapter.logit_scale().float())
+            head = PromptHead.from_embeddings(adapter, adapter.encode_text_with_context(learner.context,
+                                                                                       learner.prompt_ids))
         return ImageClassifier(adapter, head)

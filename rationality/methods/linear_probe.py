@@ -48,8 +48,8 @@ class HeadMethod(TrainedMethod):
 
     Attributes:
         head_init: ``random`` (the paper; seeded) or ``zero_shot``: weights = logit_scale x the
-            normalised prompt embeddings, bias 0, so that with ``normalize_features`` the untrained
-            head gives exactly the zero-shot logits.
+            normalised prompt embeddings, bias = the model's logit bias (0 but for SigLIP), so that
+            with ``normalize_features`` the untrained head gives exactly the zero-shot logits.
         normalize_features: L2-normalise image embeddings before the head.
     """
 
@@ -72,7 +72,7 @@ class HeadMethod(TrainedMethod):
             prompt_head = PromptHead.from_prompts(adapter, self.prompts(class_names))
             with torch.no_grad():
                 head.linear.weight.copy_(prompt_head.scale * prompt_head.class_embeddings)
-                head.linear.bias.zero_()
+                head.linear.bias.fill_(0.0 if prompt_head.bias is None else prompt_head.bias.item())
         return head.to(adapter.logit_scale().device)
 
 

@@ -1,5 +1,12 @@
-"""Imports every built-in model adapter so that its registration runs."""
+"""The built-in model adapters, declared: listing or checking their names imports none of them.
 
-from rationality.models import albef  # noqa: F401
-from rationality.models import blip  # noqa: F401
-from rationality.models import openclip  # noqa: F401
+Each module imports its model library (open_clip, transformers, timm) and registers its adapter when
+an adapter of that name is first built.
+"""
+
+from rationality.models.base import declare_adapter
+
+declare_adapter("albef", "rationality.models.albef")
+declare_adapter("blip", "rationality.models.blip")
+declare_adapter("open_clip", "rationality.models.openclip")
+declare_adapter("transformers", "rationality.models.hf_clip")

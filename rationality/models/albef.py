@@ -55,7 +55,9 @@ from rationality.data.geometry import Geometry
 from rationality.errors import ConfigError
 from rationality.models._released import load_released, read_state_dict
 from rationality.models._tokenizers import bert_tokenizer_from_vocab, check_tokenizer
-from rationality.models.base import ModelSpec, VisionLanguageAdapter, register_adapter, swapped_attention
+from rationality.models.base import (
+    AttentionRecording, ModelFamily, ModelSpec, VisionLanguageAdapter, register_adapter, swapped_attention,
+)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 #: ALBEF normalises images with CLIP's statistics (its dataset/__init__.py).
@@ -153,6 +155,9 @@ class _RecordingAttention(nn.Module):
 class AlbefAdapter(VisionLanguageAdapter):
     """ALBEF's ITC towers: a timm ViT and a transformers BertModel (text layers only)."""
 
+    families = (ModelFamily("ALBEF (ITC)", "albef-vit-b-16", "a released checkpoint file (ALBEF.pth, mscoco.pth, ...)",
+                            "cls", frozenset(), "rationality-tiny-albef"),)
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         unknown = sorted(set(spec.options) - set(OPTIONS))
@@ -233,5 +238,5 @@ class AlbefAdapter(VisionLanguageAdapter):
     def image_tower(self) -> nn.Module:
         return self.vision
 
-    def recording_attention(self) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
+    def recording_attention(self) -> contextlib.AbstractContextManager[AttentionRecording]:
         return swapped_attention(self._blocks, _RecordingAttention)

@@ -1,12 +1,19 @@
 """The contract every vision-language model adapter fulfils, and the adapter registry.
 
-An adapter wraps one model family (open_clip, BLIP, ALBEF, ...) and exposes what the methods and
-the explainers need: image and text embeddings, the logit scale, the preprocessing (geometry and
-normalisation), and the image tower's post-softmax attention probabilities *with autograd*, recorded
-during a forward pass.
+An adapter wraps one model family (open_clip, BLIP, ALBEF, transformers, ...) and exposes what the
+methods and the explainers need: image and text embeddings, the logit scale (and bias), the
+preprocessing (geometry and normalisation), the image tower's post-softmax attention probabilities
+*with autograd*, recorded during a forward pass, and how its image embedding reads the last block's
+tokens (:attr:`VisionLanguageAdapter.readout`: a CLS token, average pooling, or attention pooling
+with a learned query, whose attention is recorded too).
+
+What a family can and cannot run is data: :attr:`VisionLanguageAdapter.capabilities` (refined per
+model by :meth:`VisionLanguageAdapter.capabilities_of`) against each method's ``requires``; the
+config check compares them before any job runs.
 
 Adding a model family is one new module that subclasses :class:`VisionLanguageAdapter`, decorates
-it with :func:`register_adapter`, and is imported in :mod:`rationality.models._adapters`.
+it with :func:`register_adapter`, and is declared in :mod:`rationality.models._adapters` (imported
+when first used, so that checking a config does not import every model library).
 """
 
 from __future__ import annotations
@@ -25,6 +32,45 @@ from rationality.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: How an image embedding reads the last block's tokens: the CLS token (``cls``), the mean of the
+#: patch tokens (``average``), or one learned query attending to them (``attention``, SigLIP's head).
+READOUTS = ("cls", "average", "attention")
+#: Capability of a text tower that embeds prompts with learned context vectors (CoOp needs it).
+LEARNED_TEXT_CONTEXT = "learned_text_context"
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A family of models an adapter runs, as ``rationality list models`` and the README show it.
+
+    Attributes:
+        name: e.g. ``SigLIP / SigLIP 2``.
+        examples: model names for ``ModelSpec.name``, e.g. ``ViT-B-16-SigLIP2``.
+        weights: what ``ModelSpec.pretrained`` may be.
+        readout: how the image embedding reads the tokens (one of :data:`READOUTS`).
+        capabilities: what its models support (as :meth:`VisionLanguageAdapter.capabilities_of` says).
+        tiny: the project's tiny random-init architecture of the family (tests, demo).
+    """
+
+    name: str
+    examples: str
+    weights: str
+    readout: str
+    capabilities: frozenset[str]
+    tiny: str
+
+
+class AttentionRecording(list):
+    """What :meth:`VisionLanguageAdapter.recording_attention` yields: the image blocks' attention in
+    block order (the list itself, each [B, heads, T, T]), and in :attr:`pooling` the attention of an
+    attention-pooling head (each [B, heads, 1, K]: its single query over the last K <= T tokens), empty
+    for the other readouts. Every tensor is part of the autograd graph.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pooling: list[torch.Tensor] = []
 
 
 @dataclass(frozen=True)
@@ -76,7 +122,15 @@ class VisionLanguageAdapter(nn.Module, abc.ABC):
     """One model family behind the project's contract.
 
     Subclasses set ``geometry`` (model-input frame), ``grid`` (token grid, (gy, gx)),
-    ``num_blocks`` (attention blocks of the image tower) and ``native_mean`` / ``native_std``.
+    ``num_blocks`` (attention blocks of the image tower) and ``native_mean`` / ``native_std``, and,
+    where they differ from a CLS-token ViT's, ``prefix_tokens`` and ``readout``.
+
+    Attributes:
+        prefix_tokens: P, the tokens before the gy * gx patch tokens in the image blocks (CLS,
+            registers); T = P + gy * gx.
+        readout: one of :data:`READOUTS`; ``cls`` means token 0 is the CLS token the embedding reads.
+        capabilities: what every model of the family supports (e.g. :data:`LEARNED_TEXT_CONTEXT`).
+        families: the model families the adapter runs (documentation data).
     """
 
     geometry: Geometry
@@ -84,6 +138,10 @@ class VisionLanguageAdapter(nn.Module, abc.ABC):
     num_blocks: int
     native_mean: tuple[float, float, float]
     native_std: tuple[float, float, float]
+    prefix_tokens: int = 1
+    readout: str = "cls"
+    capabilities: frozenset[str] = frozenset()
+    families: tuple[ModelFamily, ...] = ()
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -108,39 +166,62 @@ class VisionLanguageAdapter(nn.Module, abc.ABC):
     def logit_scale(self) -> torch.Tensor:
         """Scalar multiplier of cosine similarities (CLIP: exp of the learned log-scale)."""
 
+    def logit_bias(self) -> torch.Tensor | None:
+        """Scalar added to the scaled similarities (SigLIP's learned ``logit_bias``); None for none."""
+        return None
+
+    @classmethod
+    def capabilities_of(cls, spec: ModelSpec) -> frozenset[str] | None:
+        """What the model of ``spec`` supports, decided without building it (default: :attr:`capabilities`);
+        None when only building it can tell (the methods then check when they run)."""
+        return cls.capabilities
+
     @abc.abstractmethod
     def image_tower(self) -> nn.Module:
         """The module whose parameters full fine-tuning updates and checkpoints store."""
 
     @abc.abstractmethod
     @contextlib.contextmanager
-    def recording_attention(self) -> Iterator[list[torch.Tensor]]:
+    def recording_attention(self) -> Iterator[AttentionRecording]:
         """Record the image tower's attention probabilities during forward passes in this context.
 
         Yields:
-            A list that each forward appends to, per block in order: post-softmax attention
-            [B, heads, T, T] (T = 1 + gy * gx tokens, CLS first) that is part of the autograd graph.
+            An :class:`AttentionRecording` that each forward appends to, per block in order:
+            post-softmax attention [B, heads, T, T] (T = prefix_tokens + gy * gx, prefix tokens
+            first) that is part of the autograd graph; with ``readout == "attention"`` also the
+            pooling's attention, in its ``pooling`` list.
         """
 
 
 @contextlib.contextmanager
+def swapped_modules(owners: Sequence[nn.Module], attribute: str,
+                    recorder: Callable[[nn.Module, list[torch.Tensor]], nn.Module],
+                    sink: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Within the context, each owner's ``attribute`` is ``recorder(original, sink)``; restored on exit.
+
+    For attention modules that cannot expose their probabilities through a hook: the recorder
+    recomputes the same attention explicitly and appends its probabilities to ``sink``.
+    """
+    originals = [getattr(owner, attribute) for owner in owners]
+    try:
+        for owner, original in zip(owners, originals):
+            setattr(owner, attribute, recorder(original, sink))
+        yield sink
+    finally:
+        for owner, original in zip(owners, originals):
+            setattr(owner, attribute, original)
+
+
+@contextlib.contextmanager
 def swapped_attention(blocks: Sequence[nn.Module],
-                      recorder: Callable[[nn.Module, list[torch.Tensor]], nn.Module]) -> Iterator[list[torch.Tensor]]:
+                      recorder: Callable[[nn.Module, list[torch.Tensor]], nn.Module]) -> Iterator[AttentionRecording]:
     """Within the context, each block's ``attn`` is ``recorder(original attn, sink)``; restored on exit.
 
-    For adapters whose attention modules cannot expose their probabilities through a hook: the
-    recorder recomputes the same attention explicitly and appends its probabilities [B, heads, T, T]
-    to the sink, which the context yields.
+    The recorders append their probabilities [B, heads, T, T] to the :class:`AttentionRecording`
+    the context yields.
     """
-    probabilities: list[torch.Tensor] = []
-    originals = [block.attn for block in blocks]
-    try:
-        for block, original in zip(blocks, originals):
-            block.attn = recorder(original, probabilities)
-        yield probabilities
-    finally:
-        for block, original in zip(blocks, originals):
-            block.attn = original
+    with swapped_modules(blocks, "attn", recorder, AttentionRecording()) as recording:
+        yield recording
 
 
 _ADAPTERS: Registry[type[VisionLanguageAdapter]] = Registry("model adapter", "rationality.models._adapters")
@@ -149,6 +230,12 @@ _ADAPTERS: Registry[type[VisionLanguageAdapter]] = Registry("model adapter", "ra
 register_adapter = _ADAPTERS.register
 #: Names of the registered model adapters.
 list_adapters = _ADAPTERS.names
+#: ``declare_adapter(name, module)``: importing ``module`` registers the adapter ``name``.
+declare_adapter = _ADAPTERS.declare
+#: ``check_adapter(name, key="")``: the name if registered, else ConfigError (about ``key``) listing them.
+check_adapter = _ADAPTERS.check
+#: The adapter class registered under a name (ConfigError listing the known names otherwise).
+adapter_class = _ADAPTERS.get
 
 
 def create_adapter(spec: ModelSpec | dict[str, Any]) -> VisionLanguageAdapter:

@@ -73,7 +73,9 @@ from rationality.data.geometry import Geometry
 from rationality.errors import ConfigError
 from rationality.models._released import load_released, read_state_dict
 from rationality.models._tokenizers import bert_tokenizer_from_vocab, check_tokenizer
-from rationality.models.base import ModelSpec, VisionLanguageAdapter, register_adapter
+from rationality.models.base import (
+    AttentionRecording, ModelFamily, ModelSpec, VisionLanguageAdapter, register_adapter,
+)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_VOCAB = CONFIG_DIR / "rationality-tiny-bert-vocab.txt"
@@ -207,6 +209,11 @@ def _release_tokenizer(source: str) -> BertTokenizer:
 class BlipAdapter(VisionLanguageAdapter):
     """A transformers ``BlipForImageTextRetrieval`` used through its ITC (unimodal) embeddings."""
 
+    families = (ModelFamily("BLIP (ITC)", "blip-vit-b-16 (the original release), Salesforce/blip-itm-base-coco",
+                            "the original release's model_base.pth; or hub (the Hugging Face cache) or a "
+                            "save_pretrained directory", "cls", frozenset(),
+                            "rationality-tiny-blip"),)
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         unknown = set(spec.options) - set(OPTIONS)
@@ -283,8 +290,8 @@ class BlipAdapter(VisionLanguageAdapter):
         return nn.ModuleDict({"vision_model": self.model.vision_model, "vision_proj": self.model.vision_proj})
 
     @contextlib.contextmanager
-    def recording_attention(self) -> Iterator[list[torch.Tensor]]:
-        probabilities: list[torch.Tensor] = []
+    def recording_attention(self) -> Iterator[AttentionRecording]:
+        probabilities = AttentionRecording()
         handles = [dropout.register_forward_hook(lambda _module, _inputs, output: probabilities.append(output))
                    for dropout in self._attention_dropouts]
         try:

@@ -2,8 +2,8 @@
 
 Which logit a heatmap explains (DESIGN §1.2) follows from the head alone:
 
-* :class:`PromptHead` (zero-shot, FLCP, CoOp): ``logit_scale * cos(image, prompt_c)``,
-  the image-text similarity logit of class c;
+* :class:`PromptHead` (zero-shot, FLCP, CoOp): ``logit_scale * cos(image, prompt_c)`` (plus the
+  model's ``logit_bias`` for SigLIP), the image-text similarity logit of class c;
 * :class:`LinearHead` (linear probe, full fine-tuning): the classification head's logit;
 * :class:`TipAdapterHead` (Tip-Adapter-F): the similarity logit plus the cache model's term.
 
@@ -23,39 +23,53 @@ from rationality.models.base import VisionLanguageAdapter
 
 
 class PromptHead(nn.Module):
-    """Cosine similarity to fixed class embeddings, times a fixed scale.
+    """Cosine similarity to fixed class embeddings, times a fixed scale, plus an optional fixed bias.
 
     Args:
         num_classes: C.
         dim: embedding width D.
+        biased: whether the model adds a logit bias (SigLIP); without one there is no ``bias`` buffer.
     Buffers:
         class_embeddings: [C, D], L2-normalised text embeddings of the class prompts.
         scale: scalar logit scale (CLIP: ``exp(logit_scale)``).
+        bias: scalar logit bias (SigLIP's ``logit_bias``), only when ``biased``.
     """
 
     kind = "prompt"
 
-    def __init__(self, num_classes: int, dim: int) -> None:
+    def __init__(self, num_classes: int, dim: int, biased: bool = False) -> None:
         super().__init__()
         self.register_buffer("class_embeddings", torch.zeros(num_classes, dim))
         self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("bias", torch.zeros(()) if biased else None)
 
     @classmethod
     def from_prompts(cls, adapter: VisionLanguageAdapter, prompts: list[str]) -> "PromptHead":
         """Embed one prompt per class with the adapter's text tower."""
         with torch.no_grad():
-            embeddings = F.normalize(adapter.encode_text(prompts).float(), dim=-1)
-            head = cls(*embeddings.shape)
+            return cls.from_embeddings(adapter, adapter.encode_text(prompts))
+
+    @classmethod
+    def from_embeddings(cls, adapter: VisionLanguageAdapter, embeddings: torch.Tensor) -> "PromptHead":
+        """The head of class embeddings [C, D] (normalised here) with the adapter's scale and bias."""
+        with torch.no_grad():
+            embeddings = F.normalize(embeddings.float(), dim=-1)
+            bias = adapter.logit_bias()
+            head = cls(*embeddings.shape, biased=bias is not None).to(embeddings.device)
             head.class_embeddings.copy_(embeddings)
             head.scale.copy_(adapter.logit_scale().float())
+            if bias is not None:
+                head.bias.copy_(bias.float())
         return head
 
     def config(self) -> dict[str, Any]:
-        return {"num_classes": self.class_embeddings.shape[0], "dim": self.class_embeddings.shape[1]}
+        biased = {"biased": True} if self.bias is not None else {}  # absent from checkpoints without a bias
+        return {"num_classes": self.class_embeddings.shape[0], "dim": self.class_embeddings.shape[1], **biased}
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] from image embeddings [B, D]."""
-        return self.scale * F.normalize(features, dim=-1) @ self.class_embeddings.T
+        logits = self.scale * F.normalize(features, dim=-1) @ self.class_embeddings.T
+        return logits if self.bias is None else logits + self.bias
 
 
 class LinearHead(nn.Module):
@@ -94,6 +108,7 @@ class TipAdapterHead(nn.Module):
         num_classes: C.
         dim: embedding width D.
         num_cache: N, the number of cached training samples.
+        biased: whether the zero-shot head adds the model's logit bias (SigLIP).
     Attributes:
         zero_shot: the fixed zero-shot :class:`PromptHead` (class embeddings W [C, D], scale).
         keys: parameter [N, D], initialised to the normalised training embeddings (not re-normalised
@@ -106,9 +121,9 @@ class TipAdapterHead(nn.Module):
 
     kind = "tip_adapter"
 
-    def __init__(self, num_classes: int, dim: int, num_cache: int) -> None:
+    def __init__(self, num_classes: int, dim: int, num_cache: int, biased: bool = False) -> None:
         super().__init__()
-        self.zero_shot = PromptHead(num_classes, dim)
+        self.zero_shot = PromptHead(num_classes, dim, biased)
         self.keys = nn.Parameter(torch.zeros(num_cache, dim))
         self.register_buffer("values", torch.zeros(num_cache, num_classes))
         self.register_buffer("alpha", torch.ones(()))
@@ -122,7 +137,7 @@ class TipAdapterHead(nn.Module):
         The head is on ``zero_shot``'s device.
         """
         num_classes, dim = zero_shot.class_embeddings.shape
-        head = cls(num_classes, dim, features.shape[0]).to(zero_shot.class_embeddings.device)
+        head = cls(num_classes, dim, features.shape[0], zero_shot.bias is not None).to(zero_shot.class_embeddings.device)
         with torch.no_grad():
             head.zero_shot.load_state_dict(zero_shot.state_dict())
             head.keys.copy_(F.normalize(features.float(), dim=-1))

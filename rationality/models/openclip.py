@@ -1,4 +1,4 @@
-"""open_clip models (CLIP ViT-B/32, ViT-B/16 and any other open_clip ViT) behind the adapter contract.
+"""open_clip models behind the adapter contract: CLIP ViTs, and timm towers (SigLIP, SigLIP 2, EVA02-CLIP).
 
 Weights, by ``ModelSpec.pretrained``:
 
@@ -13,18 +13,34 @@ Weights, by ``ModelSpec.pretrained``:
   on the way, as OpenAI's ``build_model`` would (DESIGN §6);
 * ``None``: random initialisation seeded by ``ModelSpec.seed`` (tests and the demo).
 
-The project's own architectures (``rationality-tiny-vit``) are open_clip JSON configs in
-``rationality/models/configs/``, registered with open_clip when this module is imported.
+The project's own architectures (``rationality-tiny-vit``: CLIP; ``rationality-tiny-map-vit``:
+SigLIP's timm ViT with its attention-pooling head and text tower; ``rationality-tiny-eva-vit``:
+EVA02-CLIP's) are open_clip JSON configs in ``rationality/models/configs/``, registered with open_clip
+when this module is imported (their tiny timm towers: :mod:`rationality.models.timm_towers`).
 
-Attention is recorded by swapping each image block's ``nn.MultiheadAttention`` for a module that
-computes the same attention explicitly from the block's own ``in_proj`` / ``out_proj`` weights and
-keeps the post-softmax probabilities in the autograd graph (``need_weights=True`` would not: its
-fused path returns none, and its averaged weights are detached from the per-head computation).
+Image towers:
 
-Optional capability (CoOp): :meth:`OpenClipAdapter.encode_text_with_context` embeds prompts whose
-first tokens are learned context vectors, for open_clip's ``CLIP`` class (ViT-B/32, ViT-B/16, the
-tiny config) with its BPE tokenizer, a causal text mask and EOT pooling; other text towers are
-refused with a ConfigError.
+* open_clip's own ``VisionTransformer`` (CLIP): attention is recorded by swapping each block's
+  ``nn.MultiheadAttention`` for :class:`~rationality.models._attention.RecordingMultiheadAttention`,
+  the same attention computed explicitly from the block's own weights; the embedding reads the CLS
+  token (``pool_type: tok``) or the mean of the patch tokens (``avg``); attentional poolers (CoCa)
+  are refused;
+* ``TimmModel`` (SigLIP, SigLIP 2, EVA02-CLIP, any timm ViT): see
+  :class:`~rationality.models.timm_towers.TimmVitTower`; the grid, the prefix (CLS, register) tokens
+  and the readout (SigLIP's attention pooling, EVA's CLS token) come from the timm model itself.
+
+SigLIP's ``logit_bias`` is the adapter's :meth:`~OpenClipAdapter.logit_bias`. Prompts longer than
+the text context raise a ConfigError (open_clip's tokenizers would cut them silently). open_clip sets
+the image statistics from a pretrained tag's config (SigLIP: mean and std 0.5); for a local weights
+file it falls back to OpenAI's, so pass ``options: {force_preprocess_cfg: {mean: [...], std: [...]}}``
+for a SigLIP file.
+
+Optional capability (CoOp, :data:`~rationality.models.base.LEARNED_TEXT_CONTEXT`):
+:meth:`OpenClipAdapter.encode_text_with_context` embeds prompts whose first tokens are learned context
+vectors, for text towers with open_clip's BPE tokenizer, a causal mask and EOT pooling: the ``CLIP``
+class (ViT-B/32, ViT-B/16, the tiny config) and ``CustomTextCLIP`` with a ``TextTransformer`` of that
+kind (EVA02-CLIP). SigLIP's text tower (bidirectional, last-token pooling, SentencePiece) has none;
+:meth:`OpenClipAdapter.capabilities_of` says so from the model config before anything is built.
 """
 
 from __future__ import annotations
@@ -32,18 +48,24 @@ from __future__ import annotations
 import contextlib
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rationality.data.geometry import Geometry
 from rationality.errors import ConfigError
-from rationality.models.base import ModelSpec, VisionLanguageAdapter, register_adapter, swapped_attention
+from rationality.models._attention import RecordingMultiheadAttention
+from rationality.models.base import (
+    LEARNED_TEXT_CONTEXT, AttentionRecording, ModelFamily, ModelSpec, VisionLanguageAdapter, register_adapter,
+    swapped_attention,
+)
+from rationality.models.timm_towers import TimmVitTower
 
 open_clip.add_model_config(Path(__file__).parent / "configs")
+#: The project's open_clip architectures (JSON files in ``configs/`` that open_clip registered).
+PROJECT_CONFIGS = sorted(name for name in open_clip.list_models() if name.startswith("rationality-"))
 
 #: The word whose token fills the context slots of CoOp prompts until the context vectors replace it
 #: (CoOp's "X"; its value only has to differ from the EOT token the pooling looks for).
@@ -112,41 +134,60 @@ def load_local_weights(model: nn.Module, path: Path, name: str, options: dict) -
         raise ConfigError(f"weights file {str(path)!r} does not fit open_clip model {name!r}: {exc}") from exc
 
 
-class _RecordingAttention(nn.Module):
-    """Self-attention computed from an ``nn.MultiheadAttention``'s weights, recording probabilities.
+class NativeVitTower:
+    """open_clip's own ``VisionTransformer``: CLS token first, ``nn.MultiheadAttention`` blocks.
 
-    Same inputs and outputs as the wrapped module as open_clip calls it (self-attention, optional
-    additive mask); ``probabilities_sink`` receives [B, heads, T, T] per call.
+    Raises:
+        ConfigError: for blocks of another attention, an attentional pooler (CoCa) or no pooling.
     """
 
-    def __init__(self, attention: nn.MultiheadAttention, probabilities_sink: list[torch.Tensor]) -> None:
-        super().__init__()
-        if not attention._qkv_same_embed_dim:
-            raise ConfigError("attention recording needs a packed in_proj (query, key and value of one width)")
-        self.attention = attention
-        self.probabilities_sink = probabilities_sink
+    prefix_tokens = 1
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                need_weights: bool = False, attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
-        attn = self.attention
-        tokens = query if attn.batch_first else query.transpose(0, 1)  # [B, T, D]
-        batch, length, width = tokens.shape
-        heads = attn.num_heads
-        qkv = F.linear(tokens, attn.in_proj_weight, attn.in_proj_bias)
-        q, k, v = qkv.reshape(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        scores = (q * (width // heads) ** -0.5) @ k.transpose(-2, -1)  # [B, H, T, T]
-        if attn_mask is not None:
-            scores = scores + attn_mask
-        probabilities = scores.softmax(dim=-1)
-        self.probabilities_sink.append(probabilities)
-        mixed = (probabilities @ v).transpose(1, 2).reshape(batch, length, width)
-        out = attn.out_proj(mixed)
-        return (out if attn.batch_first else out.transpose(0, 1)), None
+    def __init__(self, visual: open_clip.transformer.VisionTransformer, name: str) -> None:
+        self._blocks = list(visual.transformer.resblocks)
+        if not all(isinstance(getattr(block, "attn", None), nn.MultiheadAttention) for block in self._blocks):
+            raise ConfigError(f"open_clip model {name!r}: image blocks do not use nn.MultiheadAttention")
+        readouts = {"tok": "cls", "avg": "average"}
+        if visual.attn_pool is not None or visual.pool_type not in readouts:
+            raise ConfigError(f"open_clip model {name!r}: image pooling "
+                              f"{'attentional pooler' if visual.attn_pool is not None else repr(visual.pool_type)} "
+                              f"is not supported (supported: tok, avg)")
+        self.readout = readouts[visual.pool_type]
+        self.num_blocks = len(self._blocks)
+        self.image_size = tuple(visual.image_size)
+        self.grid = tuple(visual.grid_size)
+
+    def recording(self) -> contextlib.AbstractContextManager[AttentionRecording]:
+        return swapped_attention(self._blocks, RecordingMultiheadAttention)
+
+
+def text_tower_supports_learned_context(name: str, model_config: dict) -> bool:
+    """Whether the text tower of open_clip model ``name`` with config ``model_config`` is one
+    :meth:`OpenClipAdapter.encode_text_with_context` supports (BPE tokenizer, causal mask, EOT pooling,
+    no appended CLS), judged from the config alone (open_clip gives names with "siglip" a SentencePiece
+    tokenizer)."""
+    text = model_config.get("text_cfg", {})
+    return ("siglip" not in name.lower() and "multimodal_cfg" not in model_config and not text.get("hf_model_name")
+            and not text.get("hf_tokenizer_name") and not text.get("no_causal_mask") and not text.get("embed_cls")
+            and text.get("pool_type", "argmax") in ("argmax", "eos")
+            and not text.get("tokenizer_kwargs", {}).get("reduction_mask"))
 
 
 @register_adapter("open_clip")
 class OpenClipAdapter(VisionLanguageAdapter):
-    """An open_clip ``CLIP`` model with a ViT image tower."""
+    """An open_clip ``CLIP`` or ``CustomTextCLIP`` model with a ViT image tower (open_clip's or timm's)."""
+
+    families = (
+        ModelFamily("CLIP", "ViT-B-32-quickgelu, ViT-B-16-quickgelu (OpenAI weights); ViT-B-16 (LAION, DataComp)",
+                    "an open_clip tag (openai, laion2b_s34b_b88k, ...), a local state dict or OpenAI .pt file",
+                    "cls", frozenset({LEARNED_TEXT_CONTEXT}), "rationality-tiny-vit"),
+        ModelFamily("SigLIP / SigLIP 2", "ViT-B-16-SigLIP, ViT-B-16-SigLIP2, ViT-SO400M-14-SigLIP2, ...",
+                    "the open_clip tag webli, or a local state dict (with options.force_preprocess_cfg)",
+                    "attention", frozenset(), "rationality-tiny-map-vit"),
+        ModelFamily("EVA02-CLIP", "EVA02-B-16, EVA02-L-14, ...",
+                    "an open_clip tag (merged2b_s8b_b131k, ...) or a local state dict",
+                    "cls", frozenset({LEARNED_TEXT_CONTEXT}), "rationality-tiny-eva-vit"),
+    )
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
@@ -160,21 +201,27 @@ class OpenClipAdapter(VisionLanguageAdapter):
         except RuntimeError as exc:
             if "not found" in str(exc):
                 raise ConfigError(f"unknown open_clip model {spec.name!r}; see open_clip.list_models() "
-                                  f"(project configs: rationality-tiny-vit)") from exc
+                                  f"(project configs: {', '.join(PROJECT_CONFIGS)})") from exc
             raise ConfigError(f"open_clip could not build {spec.name!r} with pretrained={spec.pretrained!r}: {exc}") from exc
         if local_file:
             load_local_weights(self.model, Path(spec.pretrained), spec.name, spec.options)
         visual = self.model.visual
-        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+        if isinstance(visual, open_clip.transformer.VisionTransformer):
+            self._tower: NativeVitTower | TimmVitTower = NativeVitTower(visual, spec.name)
+        elif isinstance(visual, open_clip.timm_model.TimmModel):
+            self._tower = TimmVitTower(visual.trunk, spec.name)
+        else:
             raise ConfigError(f"open_clip model {spec.name!r} has no ViT image tower ({type(visual).__name__})")
-        self._blocks = list(visual.transformer.resblocks)
-        if not all(isinstance(getattr(block, "attn", None), nn.MultiheadAttention) for block in self._blocks):
-            raise ConfigError(f"open_clip model {spec.name!r}: image blocks do not use nn.MultiheadAttention")
+        size = self._tower.image_size
+        if size[0] != size[1] or size != tuple(visual.image_size):
+            raise ConfigError(f"open_clip model {spec.name!r}: image tower input {size} differs from the model's "
+                              f"{tuple(visual.image_size)} or is not square")
         self.tokenizer = open_clip.get_tokenizer(spec.name)
-        size = visual.image_size[0]
-        self.geometry = Geometry(resize=size, crop=size)
-        self.grid = tuple(visual.grid_size)
-        self.num_blocks = len(self._blocks)
+        self.geometry = Geometry(resize=size[0], crop=size[0])
+        self.grid = self._tower.grid
+        self.num_blocks = self._tower.num_blocks
+        self.prefix_tokens = self._tower.prefix_tokens
+        self.readout = self._tower.readout
         self.native_mean = tuple(visual.image_mean or open_clip.OPENAI_DATASET_MEAN)
         self.native_std = tuple(visual.image_std or open_clip.OPENAI_DATASET_STD)
 
@@ -183,54 +230,89 @@ class OpenClipAdapter(VisionLanguageAdapter):
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         device = self.model.logit_scale.device
-        return self.model.encode_text(self.tokenizer(prompts).to(device))
+        return self.model.encode_text(self.tokenize(prompts).to(device))
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids [N, context length], as the model's tokenizer writes them.
+
+        Raises:
+            ConfigError: for a prompt longer than the text context (the tokenizer would cut it).
+        """
+        ids = self.tokenizer(prompts)
+        length = ids.shape[1]
+        longer = self.tokenizer(prompts, context_length=2 * length)
+        padding = self.tokenizer([""], context_length=2 * length)[0, length:]
+        whole = (longer[:, :length] == ids).all(dim=1) & (longer[:, length:] == padding).all(dim=1)
+        if not whole.all():
+            cut = prompts[int((~whole).nonzero()[0])]
+            raise ConfigError(f"prompt {cut!r} has more than open_clip model {self.spec.name!r}'s {length} text tokens")
+        return ids
 
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp()
 
+    def logit_bias(self) -> torch.Tensor | None:
+        """SigLIP's learned bias (0-dim); None for models without one (CLIP, EVA-CLIP)."""
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else bias.reshape(())
+
+    @classmethod
+    def capabilities_of(cls, spec: ModelSpec) -> frozenset[str] | None:
+        """:data:`LEARNED_TEXT_CONTEXT` for text towers CoOp supports, judged from the open_clip config;
+        None for a name open_clip has no config of (``hf-hub:``, ``local-dir:``, unknown names)."""
+        config = open_clip.get_model_config(spec.name)
+        if config is None:
+            return None
+        return frozenset({LEARNED_TEXT_CONTEXT}) if text_tower_supports_learned_context(spec.name, config) else frozenset()
+
     def image_tower(self) -> nn.Module:
         return self.model.visual
 
-    def recording_attention(self) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
-        return swapped_attention(self._blocks, _RecordingAttention)
+    def recording_attention(self) -> contextlib.AbstractContextManager[AttentionRecording]:
+        return self._tower.recording()
 
     # ----------------------------------------------------------------- learned context (CoOp)
 
-    def _context_text_tower(self) -> tuple[open_clip.model.CLIP, open_clip.tokenizer.SimpleTokenizer]:
-        """The model and tokenizer, checked to be what :meth:`encode_text_with_context` supports.
+    def _context_text_tower(self) -> "ContextTextTower":
+        """The text tower and tokenizer, checked to be what :meth:`encode_text_with_context` supports.
 
         Raises:
-            ConfigError: another model class (``CustomTextCLIP``, CoCa), tokenizer, pooling or text mask.
+            ConfigError: another text tower (transformers, CoCa), tokenizer, pooling or text mask.
         """
         model, tokenizer = self.model, self.tokenizer
-        if not isinstance(model, open_clip.model.CLIP):
-            raise ConfigError(f"learned text context needs open_clip's CLIP class; {self.spec.name!r} is "
-                              f"{type(model).__name__}")
+        if isinstance(model, open_clip.model.CLIP):
+            tower = ContextTextTower(model, model.text_pool_type, getattr(model, "text_eos_id", None), tokenizer)
+        elif (isinstance(model, open_clip.model.CustomTextCLIP) and isinstance(model.text, open_clip.transformer.TextTransformer)
+              and model.text.cls_emb is None and not model.text.use_pad_mask):
+            tower = ContextTextTower(model.text, model.text.pool_type, getattr(model.text, "eos_id", None), tokenizer)
+        else:
+            raise ConfigError(f"learned text context needs open_clip's CLIP class or a TextTransformer without an "
+                              f"appended CLS token; {self.spec.name!r} is {type(model).__name__}")
         if not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer) or tokenizer.reduction_fn is not None:
             raise ConfigError(f"learned text context needs open_clip's BPE SimpleTokenizer without a reduction; "
                               f"{self.spec.name!r} has {type(tokenizer).__name__}")
-        if model.text_pool_type not in ("argmax", "eos") or model.attn_mask is None:
+        if tower.pool_type not in ("argmax", "eos") or tower.module.attn_mask is None:
             raise ConfigError(f"learned text context needs a causal text tower pooled at the EOT token; "
-                              f"{self.spec.name!r} pools {model.text_pool_type!r}"
-                              f"{'' if model.attn_mask is not None else ' without a causal mask'}")
-        return model, tokenizer
+                              f"{self.spec.name!r} pools {tower.pool_type!r}"
+                              f"{'' if tower.module.attn_mask is not None else ' without a causal mask'}")
+        return tower
 
     @property
     def context_width(self) -> int:
         """W: the width of the text tower's token embeddings, and so of context vectors."""
-        return self._context_text_tower()[0].token_embedding.embedding_dim
+        return self._context_text_tower().module.token_embedding.embedding_dim
 
     def context_from_phrase(self, phrase: str) -> torch.Tensor:
         """Token embeddings [n, W] of a phrase (no SOT/EOT): CoOp's context initialisation.
 
         ``n`` is the phrase's number of BPE tokens (4 for ``"a photo of a"``); W the text width.
         """
-        model, tokenizer = self._context_text_tower()
-        ids = tokenizer.encode(phrase)
+        tower = self._context_text_tower()
+        ids = tower.tokenizer.encode(phrase)
         if not ids:
             raise ConfigError(f"context phrase {phrase!r} has no tokens")
         with torch.no_grad():
-            return model.token_embedding(torch.tensor(ids, device=model.logit_scale.device)).detach().clone()
+            return tower.module.token_embedding(torch.tensor(ids, device=self.model.logit_scale.device)).detach().clone()
 
     def context_prompt_ids(self, n_ctx: int, class_names: Sequence[str]) -> torch.Tensor:
         """Token ids [C, L] of ``[SOT] X_1..X_n_ctx <class name>. [EOT]``, zero-padded.
@@ -242,15 +324,16 @@ class OpenClipAdapter(VisionLanguageAdapter):
         Raises:
             ConfigError: a prompt longer than the model's text context (open_clip would cut it silently).
         """
-        model, tokenizer = self._context_text_tower()
+        tower = self._context_text_tower()
+        tokenizer, context_length = tower.tokenizer, tower.module.context_length
         placeholder = tokenizer.encode(CONTEXT_PLACEHOLDER)[:1] * n_ctx
         rows = [[tokenizer.sot_token_id, *placeholder, *tokenizer.encode(f"{name}."), tokenizer.eot_token_id]
                 for name in class_names]
         longest = max(map(len, rows))
-        if longest > model.context_length:
+        if longest > context_length:
             name = class_names[max(range(len(rows)), key=lambda i: len(rows[i]))]
             raise ConfigError(f"the prompt of class {name!r} with {n_ctx} context tokens has {longest} tokens, more "
-                              f"than the model's {model.context_length}")
+                              f"than the model's {context_length}")
         ids = torch.zeros(len(rows), longest, dtype=torch.long)
         for row, tokens in zip(ids, rows):
             row[: len(tokens)] = torch.tensor(tokens)
@@ -259,30 +342,40 @@ class OpenClipAdapter(VisionLanguageAdapter):
     def encode_text_with_context(self, context: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
         """Text embeddings [C, D] (not normalised) of prompts whose placeholders are ``context``.
 
-        The same computation as open_clip's ``CLIP.encode_text`` (token and positional embeddings, the
-        causal text transformer, final LayerNorm, pooling at the EOT, projection), with the token
-        embeddings at positions 1..n_ctx replaced by the context vectors.
+        The same computation as open_clip's ``CLIP.encode_text`` / ``TextTransformer.forward`` (token
+        and positional embeddings, the causal text transformer, final LayerNorm, pooling at the EOT,
+        projection), with the token embeddings at positions 1..n_ctx replaced by the context vectors.
 
         Args:
             context: [n_ctx, W] (one context for every class) or [C, n_ctx, W] (one per class).
             prompt_ids: [C, L] from :meth:`context_prompt_ids` with the same ``n_ctx``.
         """
-        model, _ = self._context_text_tower()
-        cast_dtype = model.transformer.get_cast_dtype()
-        prompt_ids = prompt_ids.to(model.logit_scale.device)
+        tower = self._context_text_tower()
+        text = tower.module
+        cast_dtype = text.transformer.get_cast_dtype()
+        prompt_ids = prompt_ids.to(self.model.logit_scale.device)
         length = prompt_ids.shape[1]
-        tokens = model.token_embedding(prompt_ids).to(cast_dtype)  # [C, L, W]
+        tokens = text.token_embedding(prompt_ids).to(cast_dtype)  # [C, L, W]
         context = context.to(cast_dtype)
         if context.dim() == 2:
             context = context.expand(len(prompt_ids), -1, -1)
         x = torch.cat([tokens[:, :1], context, tokens[:, 1 + context.shape[1]:]], dim=1)
-        x = x + model.positional_embedding[:length].to(cast_dtype)
-        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-        x = model.ln_final(x)
-        x = open_clip.transformer.text_global_pool(x, prompt_ids, model.text_pool_type,
-                                                   eos_token_id=getattr(model, "text_eos_id", None))
-        if model.text_projection is None:
+        x = x + text.positional_embedding[:length].to(cast_dtype)
+        x = text.transformer(x, attn_mask=text.attn_mask[:length, :length])
+        x = text.ln_final(x)
+        x = open_clip.transformer.text_global_pool(x, prompt_ids, tower.pool_type, eos_token_id=tower.eos_id)
+        if text.text_projection is None:
             return x
-        if isinstance(model.text_projection, nn.Linear):
-            return model.text_projection(x)
-        return x @ model.text_projection
+        if isinstance(text.text_projection, nn.Linear):
+            return text.text_projection(x)
+        return x @ text.text_projection
+
+
+class ContextTextTower(NamedTuple):
+    """A text tower :meth:`OpenClipAdapter.encode_text_with_context` supports: the module holding its
+    layers (the ``CLIP`` model itself, or ``CustomTextCLIP.text``), its pooling, EOS id and tokenizer."""
+
+    module: nn.Module
+    pool_type: str
+    eos_id: int | None
+    tokenizer: open_clip.tokenizer.SimpleTokenizer

@@ -36,6 +36,8 @@ from rationality.report.tables import METRIC_LABELS
 METRICS = ("accuracy", "pt", "ir")
 #: The key columns of the ablation CSV, before one value column per method and ``best``.
 ABLATION_KEYS = ["ablation", "setup", "label", "explainer", "start_layer_policy", "metric"]
+#: The options the values were computed with (the long table's columns), kept in the CSV for the report.
+MADE_WITH = ["threshold", "undefined_policy", "normalization"]
 
 
 def layout_for(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -75,11 +77,12 @@ def ablation_frame(long: pd.DataFrame, layout: Mapping[str, Any]) -> pd.DataFram
                                  f"({layout['model']}, {layout['dataset']}, {key[0]}) with explainer {key[1]} and "
                                  f"start-layer policy {layout['policy']} among the given stores")
             values[method] = indexed.loc[key]
+        made_with = {key: next(iter(values.values()))[key] for key in MADE_WITH}
         for metric in METRICS:
             rows.append({"ablation": layout["name"], "setup": setup["name"], "label": setup["label"],
                          "explainer": setup["explainer"], "start_layer_policy": layout["policy"], "metric": metric,
-                         **{method: float(row[metric]) for method, row in values.items()}})
-    return pd.DataFrame(rows, columns=[*ABLATION_KEYS, *layout["methods"]])
+                         **{method: float(row[metric]) for method, row in values.items()}, **made_with})
+    return pd.DataFrame(rows, columns=[*ABLATION_KEYS, *layout["methods"], *MADE_WITH])
 
 
 def best_marks(frame: pd.DataFrame, methods: list[str], digits: int) -> pd.DataFrame:

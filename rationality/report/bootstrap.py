@@ -27,9 +27,9 @@ import xarray as xr
 from tqdm import tqdm
 
 from rationality import schema
+from rationality.report.made_with import scoring_normalization
 from rationality.report.tables import (
-    START_LAYER_POLICIES, metric_view, open_scores, policy_start_layer, row_key, store_metrics, store_normalization,
-    with_seed_column,
+    START_LAYER_POLICIES, metric_view, open_scores, policy_start_layer, row_key, store_metrics, with_seed_column,
 )
 from rationality.scoring.localisation import metric_class, threshold_for
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, Outcome, UndefinedPolicy, outcome_codes
@@ -133,7 +133,7 @@ def outcome_columns(scores: xr.Dataset, policies: Sequence[str], undefined: Unde
     explainers = [str(e) for e in scores.coords[schema.EXPLAINER].values]
     for metric in (m for m in store_metrics(scores) if m in cut_offs):
         direction = metric_class(metric).direction
-        for normalization in normalizations or [store_normalization(scores)]:
+        for normalization in normalizations or [scoring_normalization(scores)]:
             view = metric_view(scores, metric, normalization)
             values, edge = view[schema.SCORE].values, view[schema.EDGE_CASE].values
             for cut in cut_offs[metric]:

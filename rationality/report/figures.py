@@ -9,12 +9,14 @@ r x c panels is always ``c * panel_width * DPI`` by ``r * panel_height * DPI`` p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from rationality.report.made_with import png_text
 
 #: Pixels per inch of every saved figure.
 DPI = 150
@@ -65,9 +67,14 @@ def empty_figure(message: str) -> Figure:
     return figure
 
 
-def save_figure(figure: Figure, out: str | Path) -> Path:
-    """Write ``figure`` as a PNG at :data:`DPI` (parent directories created); returns the path."""
+def save_figure(figure: Figure, out: str | Path, made_with: Mapping[str, object] | None = None) -> Path:
+    """Write ``figure`` as a PNG at :data:`DPI` (parent directories created); returns the path.
+
+    Args:
+        made_with: the options the figure's values depend on (threshold, policies, explainer, ...),
+            written into the PNG as text (see :mod:`rationality.report.made_with`).
+    """
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, format="png")
+    figure.savefig(path, dpi=DPI, format="png", metadata=png_text(made_with or {}))
     return path

@@ -29,9 +29,11 @@ from matplotlib.figure import Figure
 from rationality import schema
 from rationality.errors import StoreError
 from rationality.report.figures import empty_figure, panel_figure, save_figure
+from rationality.report.made_with import scoring_normalization
 from rationality.report.overlay import draw_image, draw_overlay, model_input_images
 from rationality.report.tables import (
     START_LAYER_POLICIES, align_samples, method_label, metric_view, open_scores, policy_start_layer, primary_metric,
+    store_explainer, store_run,
 )
 from rationality.scoring.localisation import metric_class
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, outcome_codes, outcome_names
@@ -44,9 +46,8 @@ IMAGE_PANEL = (2.0, 2.3)
 
 
 def _column(scores: xr.Dataset, explainer: str | None, policy: str) -> dict[str, object]:
-    """The (explainer, start layer) selection of one store's heatmaps."""
-    explainer = explainer or str(scores.coords[schema.EXPLAINER].values[0])
-    return {schema.EXPLAINER: explainer, schema.START_LAYER: policy_start_layer(policy, scores)}
+    """The (explainer, start layer) selection of one store's heatmaps (StoreError if it has no such explainer)."""
+    return {schema.EXPLAINER: store_explainer(scores, explainer), schema.START_LAYER: policy_start_layer(policy, scores)}
 
 
 def outcomes(stores: Sequence[xr.Dataset], explainer: str | None = None, policy: str = "paper",
@@ -78,11 +79,14 @@ def select_samples(stores: Sequence[xr.Dataset], selection: str = "all_correct",
 
     Raises:
         ValueError: for an unknown selection.
-        StoreError: different samples in the stores, or ``changed`` without exactly one zero-shot store.
+        StoreError: different samples in the stores, a store without ``explainer``'s heatmaps, or
+            ``changed`` without exactly one zero-shot store.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     aligned = align_samples(stores, "a gallery")
+    for store in aligned:
+        store_explainer(store, explainer)
     if selection == "all_correct":
         eligible = np.all([s[schema.CORRECT].values for s in aligned], axis=0)
     else:
@@ -162,17 +166,25 @@ def show_figure(caches: Sequence[xr.Dataset], masks: xr.Dataset, sample_id: str,
         caches: cache stores holding ``sample_id`` (e.g. one per method).
         masks: a mask store holding ``sample_id`` in the caches' geometry.
         images: each cache's model-input image of the sample, or None.
-        explainers: rows' explainers (default: every explainer of the caches, in order).
+        explainers: rows' explainers (default: every explainer all the caches hold, in the first one's order).
         normalization: how RMA is computed for the captions (see :mod:`rationality.scoring.rma`).
 
     Raises:
-        StoreError: a store does not hold ``sample_id``.
+        StoreError: a store does not hold ``sample_id``, or a cache holds no heatmaps of a given explainer
+            (without ``explainers``: the caches hold none in common).
     """
     for store in (*caches, masks):
         if sample_id not in store.indexes[schema.SAMPLE]:
             raise StoreError(f"sample {sample_id!r} is not in the {store.attrs[schema.ATTR_KIND]} store of "
                              f"{store.attrs.get(schema.ATTR_DATASET)} ({store.sizes[schema.SAMPLE]} samples)")
-    explainers = list(explainers or dict.fromkeys(str(e) for c in caches for e in c.coords[schema.EXPLAINER].values))
+    if explainers is None:
+        held = [{str(e) for e in cache.coords[schema.EXPLAINER].values} for cache in caches]
+        explainers = [str(e) for e in caches[0].coords[schema.EXPLAINER].values if all(str(e) in h for h in held)]
+        if not explainers:
+            raise StoreError(f"the caches of {', '.join(store_run(c) for c in caches)} hold no explainer in common")
+    for cache in caches:
+        for explainer in explainers:
+            store_explainer(cache, explainer)
     rows = [(explainer, policy) for explainer in explainers for policy in policies]
     mask = masks[schema.MASK].sel({schema.SAMPLE: sample_id}).values
     figure, axes = panel_figure(len(rows), 1 + len(caches), panel=IMAGE_PANEL)
@@ -188,9 +200,6 @@ def show_figure(caches: Sequence[xr.Dataset], masks: xr.Dataset, sample_id: str,
         axes[0, c].set_title(f"{method_label(cache)}\n{names[label]} ({verdict})", fontsize="medium")
         for r, (explainer, policy) in enumerate(rows):
             ax = axes[r, c]
-            if explainer not in cache.coords[schema.EXPLAINER].values:
-                ax.set_axis_off()
-                continue
             layer = policy_start_layer(policy, cache)
             heatmap = sample[schema.HEATMAP].sel({schema.EXPLAINER: explainer}).isel({schema.START_LAYER: layer}).values
             draw_overlay(ax, heatmap, mask, image)
@@ -213,7 +222,11 @@ def write_gallery(score_paths: Sequence[str], cache_paths: Sequence[str], masks_
     masks = schema.open_store(masks_path, schema.StoreKind.MASKS)
     ids = select_samples([s for s, _ in pairs], selection, count, explainer, policy, threshold, undefined)
     images = model_input_images(pairs[0][1], ids)
-    save_figure(gallery_figure(pairs, masks, ids, images, explainer, policy, threshold, undefined, selection), out)
+    stores = [s for s, _ in pairs]
+    save_figure(gallery_figure(pairs, masks, ids, images, explainer, policy, threshold, undefined, selection), out,
+                made_with={"explainer": store_explainer(stores[0], explainer), "start_layer_policy": policy,
+                           "threshold": threshold, "undefined_policy": undefined,
+                           "normalization": scoring_normalization(stores[0])})
     return ids
 
 

@@ -27,7 +27,10 @@ from rationality.errors import StoreError
 from rationality.report.figures import (
     empty_figure, method_colors, method_legend, panel_figure, ratio_axes, save_figure,
 )
-from rationality.report.tables import METRIC_LABELS, metric_view, open_scores, policy_start_layer, primary_metric
+from rationality.report.made_with import scoring_normalization
+from rationality.report.tables import (
+    METRIC_LABELS, metric_view, open_scores, policy_start_layer, primary_metric, store_explainer,
+)
 from rationality.scoring.localisation import metric_class
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
 
@@ -37,7 +40,7 @@ OOD_COLUMNS = ["model", "ood_set", "clean_dataset", "corruption", "method", "sev
 
 def _metrics(scores: xr.Dataset, explainer: str | None, policy: str, threshold: float,
              undefined: UndefinedPolicy) -> dict[str, float]:
-    explainer = explainer or str(scores.coords[schema.EXPLAINER].values[0])
+    explainer = store_explainer(scores, explainer)
     layer = policy_start_layer(policy, scores)
     column = {schema.EXPLAINER: explainer, schema.START_LAYER: layer}
     view = metric_view(scores)
@@ -67,11 +70,13 @@ def ood_table(stores: Sequence[xr.Dataset], explainer: str | None = None, policy
         corruption (NaN when no clean store matches), so that averages over corruptions include them.
 
     Raises:
-        StoreError: if several clean stores of one model and method hold an out-of-distribution set's samples.
+        StoreError: if several clean stores of one model and method hold an out-of-distribution set's
+            samples, or a store holds no heatmaps of ``explainer``.
     """
     clean: dict[tuple[str, str, frozenset[str]], list[xr.Dataset]] = {}
     own_clean: dict[tuple[str, str, str], xr.Dataset] = {}  # (model, method, set) -> the set's severity 0
     for scores in stores:
+        store_explainer(scores, explainer)
         if int(scores.attrs[schema.ATTR_SEVERITY]) == 0:
             model, method = scores.attrs[schema.ATTR_MODEL], scores.attrs[schema.ATTR_METHOD]
             clean.setdefault((model, method, _ids(scores)), []).append(scores)
@@ -145,4 +150,7 @@ def write_ood_figure(score_paths: Sequence[str], out: str, explainer: str | None
                      threshold: float = DEFAULT_THRESHOLD, undefined: UndefinedPolicy = "invalid",
                      per_corruption: bool = False) -> None:
     """Write :func:`ood_figure` of clean and out-of-distribution scores stores to ``out``."""
-    save_figure(ood_figure(open_scores(score_paths), explainer, policy, threshold, undefined, per_corruption), out)
+    stores = open_scores(score_paths)
+    save_figure(ood_figure(stores, explainer, policy, threshold, undefined, per_corruption), out, made_with={
+        "explainer": store_explainer(stores[0], explainer), "start_layer_policy": policy, "threshold": threshold,
+        "undefined_policy": undefined, "normalization": scoring_normalization(stores[0])})

@@ -239,7 +239,8 @@ def generate(root: Path, configs: Sequence[str] = PAPER_CONFIGS, gpu_stage: str 
     lines += ["", f"Test images per dataset: {facts}.", ""]
     if throughput:
         lines.append(f"GPU-hours of the GPU stage (both files), from the throughput measured on {throughput['device']} "
-                     f"({throughput['date']}, `{throughput['source']}`); training is not measured:")
+                     f"({throughput['date']}, `{throughput['source']}`: the explanation pass in fp32, each model's image "
+                     f"tower at its own resolution); training is not measured:")
     else:
         lines.append(f"GPU-hours of the GPU stage (both files): {NOT_MEASURED} (no `{gpu_stage}` yet); training is "
                      f"not measured either:")

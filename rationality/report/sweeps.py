@@ -26,6 +26,7 @@ from rationality import schema
 from rationality.report.figures import (
     method_colors, method_legend, panel_figure, ratio_axes, save_figure,
 )
+from rationality.report.made_with import scoring_normalization
 from rationality.report.tables import METRIC_LABELS, metric_view, open_scores, policy_start_layer, primary_metric
 from rationality.scoring.localisation import metric_class
 from rationality.scoring.metrics import (
@@ -194,10 +195,14 @@ def start_layer_figure(stores: Sequence[xr.Dataset], threshold: float = DEFAULT_
 def write_threshold_figure(score_paths: Sequence[str], out: str, policy: str = "paper",
                            undefined: UndefinedPolicy = "invalid") -> None:
     """Write :func:`threshold_figure` of scores stores (one model and dataset) to ``out``."""
-    save_figure(threshold_figure(open_scores(score_paths), policy, undefined), out)
+    stores = open_scores(score_paths)
+    save_figure(threshold_figure(stores, policy, undefined), out, made_with={
+        "start_layer_policy": policy, "undefined_policy": undefined, "normalization": scoring_normalization(stores[0])})
 
 
 def write_start_layer_figure(score_paths: Sequence[str], out: str, threshold: float = DEFAULT_THRESHOLD,
                              undefined: UndefinedPolicy = "invalid") -> None:
     """Write :func:`start_layer_figure` of scores stores (one model and dataset) to ``out``."""
-    save_figure(start_layer_figure(open_scores(score_paths), threshold, undefined), out)
+    stores = open_scores(score_paths)
+    save_figure(start_layer_figure(stores, threshold, undefined), out, made_with={
+        "threshold": threshold, "undefined_policy": undefined, "normalization": scoring_normalization(stores[0])})

@@ -26,6 +26,7 @@ import xarray as xr
 
 from rationality import schema
 from rationality.errors import StoreError
+from rationality.report.made_with import scoring_normalization
 from rationality.scoring.localisation import metric_class, threshold_for
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
 
@@ -59,11 +60,6 @@ def primary_metric(scores: xr.Dataset) -> str:
     return str(scores.coords[schema.METRIC].values[0])
 
 
-def store_normalization(scores: xr.Dataset) -> str:
-    """The heatmap normalisation tables report for a store (its scoring option; the store holds both)."""
-    return str(schema.json_attr(scores, schema.ATTR_SCORING)["normalization"])
-
-
 def metric_view(scores: xr.Dataset, metric: str | None = None, normalization: str | None = None) -> xr.Dataset:
     """One metric under one normalisation: the store with ``score`` and ``edge_case`` (sample, explainer,
     start_layer). Default: the primary metric and the store's normalisation.
@@ -75,7 +71,7 @@ def metric_view(scores: xr.Dataset, metric: str | None = None, normalization: st
     if metric not in scores.indexes[schema.METRIC]:
         raise StoreError(f"{scores.attrs.get(schema.ATTR_CACHE_PATH, 'a scores store')} was scored without metric "
                          f"{metric!r} (it holds {list(scores.indexes[schema.METRIC])}): re-score it")
-    return scores.sel({schema.METRIC: metric, schema.NORMALIZATION: normalization or store_normalization(scores)})
+    return scores.sel({schema.METRIC: metric, schema.NORMALIZATION: normalization or scoring_normalization(scores)})
 
 
 def method_label(store: xr.Dataset) -> str:
@@ -104,19 +100,52 @@ def align_samples(stores: Sequence[xr.Dataset], purpose: str) -> list[xr.Dataset
             store = store.sel({schema.SAMPLE: ids})
         aligned.append(store)
     return aligned
+def store_run(store: xr.Dataset) -> str:
+    """The run a store holds, for messages: ``model/dataset/method``, plus ``corruption-s<severity>`` when shifted."""
+    run = "/".join(str(store.attrs[key]) for key in (schema.ATTR_MODEL, schema.ATTR_DATASET, schema.ATTR_METHOD))
+    severity = int(store.attrs.get(schema.ATTR_SEVERITY, 0))
+    return f"{run}/{store.attrs[schema.ATTR_CORRUPTION]}-s{severity}" if severity else run
+
+
+def store_explainer(store: xr.Dataset, explainer: str | None) -> str:
+    """``explainer``, or the store's first when None.
+
+    Raises:
+        StoreError: the store holds no heatmaps of ``explainer`` (naming its run and the explainers it holds).
+    """
+    held = [str(e) for e in store.coords[schema.EXPLAINER].values]
+    if explainer is None:
+        return held[0]
+    if explainer not in held:
+        raise StoreError(f"the {store.attrs[schema.ATTR_KIND]} store of {store_run(store)} holds no {explainer!r} "
+                         f"heatmaps; it holds {', '.join(held)}")
+    return explainer
 
 
 def open_scores(score_paths: Sequence[str | Path]) -> list[xr.Dataset]:
     """Open scores stores that may share a table or a figure.
 
     Raises:
-        StoreError: a store is missing or invalid, or stores were scored with different options.
+        StoreError: a store is missing or invalid, given twice, holds the same run as another one, or
+            stores were scored with different options.
     """
+    resolved = [Path(path).resolve() for path in score_paths]
+    repeated = [str(path) for path, real in zip(score_paths, resolved) if resolved.count(real) > 1]
+    if repeated:
+        raise StoreError(f"{', '.join(repeated)}: given more than once; give each scores store once")
     stores = [(str(path), schema.open_store(str(path), schema.StoreKind.SCORES)) for path in score_paths]
     scoring = {path: scores.attrs[schema.ATTR_SCORING] for path, scores in stores}
     if len(set(scoring.values())) > 1:
         raise StoreError("scores stores were made with different scoring options and cannot share a table: "
                          + "; ".join(f"{path}: {options}" for path, options in scoring.items()))
+    runs: dict[tuple[str, object], str] = {}
+    for path, scores in stores:  # the runs of a method's seeds are distinct runs
+        seed = scores.attrs.get(schema.ATTR_SEED)
+        other = runs.setdefault((store_run(scores), seed), path)
+        if other != path:
+            raise StoreError(f"{other} and {path} both hold run {store_run(scores)}"
+                             + (f" (seed {seed})" if seed is not None else "")
+                             + "; a table or figure takes one store per run")
     return [scores for _, scores in stores]
 
 
@@ -172,7 +201,7 @@ def rationality_table(score_paths: Sequence[str | Path], threshold: float = DEFA
                     rows.append({
                         **row_key(scores, explainer, policy, metric), **counts.to_dict(),
                         **edge_case_counts(edge[:, e, layer]), "threshold": cut, "undefined_policy": undefined,
-                        "normalization": store_normalization(scores),
+                        "normalization": scoring_normalization(scores),
                     })
     return with_seed_column(pd.DataFrame(rows, columns=TABLE_COLUMNS))
 

@@ -25,6 +25,8 @@ and galleries); :func:`rationality_metrics` counts its codes, so the two cannot 
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -69,6 +71,14 @@ class Outcome(enum.IntEnum):
     EXCLUDED_WRONG = 5  # wrong prediction, undefined RMA, excluded from the quadrants
 
 
+def check_threshold(threshold: float) -> float:
+    """``threshold`` if it is a finite number in [0, 1]; ValueError otherwise (NaN would pass no sample)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not (
+            math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be a finite number in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
 def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, threshold: float,
                   undefined: UndefinedPolicy = "invalid", direction: Direction = "higher") -> np.ndarray:
     """Per-sample :class:`Outcome` codes.
@@ -77,14 +87,18 @@ def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, t
         rma: [n, ...] float, NaN where undefined.
         edge_case: [n, ...] int, :class:`EdgeCase` codes (non-zero where RMA is undefined).
         correct: [n] bool, broadcast over the trailing dims of ``rma``.
-        threshold: RMA at or above which evidence is valid.
+        threshold: RMA at or above which evidence is valid, in [0, 1].
         undefined: policy for samples with undefined RMA (``invalid``, ``valid``, ``exclude``,
             ``paper_code``; see the module docstring).
         direction: ``higher``: valid at ``rma >= threshold``; ``lower``: at ``rma <= threshold``.
 
     Returns:
         int8 [n, ...], the shape of ``rma``.
+
+    Raises:
+        ValueError: for a threshold outside [0, 1] or not finite, or an unknown policy.
     """
+    check_threshold(threshold)
     if undefined not in UNDEFINED_POLICIES:
         raise ValueError(f"undefined policy must be one of {UNDEFINED_POLICIES}, got {undefined!r}")
     rma, edge_case = np.asarray(rma), np.asarray(edge_case)

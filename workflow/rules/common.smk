@@ -5,9 +5,11 @@ the rule's command reads, so a change to anything else never re-runs it.
 """
 
 import json
+import os
 import re
 
-from snakemake.utils import min_version, validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
 
 from rationality.config import (
     ablation_cells,
@@ -25,12 +27,25 @@ from rationality.config import (
     seed_triples,
     validate_config,
 )
+from rationality.errors import ConfigError
 from rationality.schema import CLEAN
 
 min_version("8.20")
 
-validate(config, "../schemas/config.schema.yaml")
-config.update(validate_config(config, source="workflow config"))
+
+def config_source():
+    """The config's files as given (the demo's when none is), and --config when it overrides them."""
+    files = [os.path.relpath(path) for path in workflow.overwrite_configfiles] or [os.path.relpath(DEMO_CONFIG)]
+    return " + ".join(files + (["--config"] if workflow.config_settings.config else []))
+
+
+# The whole config is checked here, before any job can start (or delete an output); a fault ends the
+# run with one line naming the key and what is allowed there. A job that a cluster executor starts as
+# a Snakemake process of its own skips the registry checks the run that submitted it has done.
+try:
+    config.update(validate_config(config, source=config_source(), deep=workflow.is_main_process))
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
 
 
 #: A trained run's directory and checkpoint; rule outputs and inputs use these.
@@ -221,9 +236,55 @@ def max_batch_option(wildcards):
     return "" if limit is None else f" --max-batch-per-step {limit}"
 
 
+def made_with_labels(**labels):
+    """Report labels of an output: ``labels`` (wildcards expanded by Snakemake), then the options the
+    output was made with, read from the job's first output when the report is built (the captions
+    show them, so a caption describes its file even after the config has changed)."""
+
+    def labels_of(wildcards, output):
+        from rationality.report.made_with import read_made_with
+
+        return {**labels, **read_made_with(output[0])}
+
+    return labels_of
+
+
 def train_launcher(wildcards):
     """The command that starts training: the CLI, or torchrun with one process per GPU."""
     processes = config["train"]["nproc_per_node"]
     if processes == 1:
         return "rationality"
     return f"torchrun --standalone --nproc-per-node {processes} -m rationality"
+
+
+# Resources: what a job asks of the machine or the scheduler, per stage of config["resources"]. They
+# never trigger a re-run, and neither do the run settings passed as resources below (batch size,
+# device, worker counts, launcher), which change how a job runs, not what it computes.
+
+
+def stage_threads(stage):
+    return config["resources"][stage]["threads"]
+
+
+def stage_mem_mb(stage):
+    return config["resources"][stage]["mem_mb"]
+
+
+def stage_gpus(stage):
+    return config["resources"][stage]["gpu"]
+
+
+def local_gpu_jobs(stage):
+    """1 for a job of a stage that uses GPUs, else 0: what profiles/default caps on a local machine."""
+    return int(stage_gpus(stage) > 0)
+
+
+def stage_runtime(stage):
+    """The stage's runtime in minutes, times the attempt: a retried job (after hitting its time limit)
+    asks for more time, and training and inference resume where the last attempt stopped."""
+    minutes = config["resources"][stage]["runtime"]
+
+    def runtime(wildcards, attempt):
+        return minutes * attempt
+
+    return runtime

@@ -14,10 +14,10 @@ rule synthetic_data:
         "results/logs/synthetic_data/{synthetic}.log",
     benchmark:
         "results/benchmarks/synthetic_data/{synthetic}.tsv"
+    threads: stage_threads("data")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=stage_mem_mb("data"),
+        runtime=stage_runtime("data"),
     shell:
         "rationality synth --spec {params.spec:q} --out results/data/{wildcards.synthetic} > {log:q} 2>&1"
 
@@ -33,10 +33,10 @@ rule masks:
         "results/logs/masks/{dataset}/{split}-{geometry}.log",
     benchmark:
         "results/benchmarks/masks/{dataset}/{split}-{geometry}.tsv"
+    threads: stage_threads("data")
     resources:
-        gpu=0,
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=stage_mem_mb("data"),
+        runtime=stage_runtime("data"),
     shell:
         "rationality masks --dataset-name {wildcards.dataset} --dataset {params.dataset:q}"
         " --split {wildcards.split} --geometry {wildcards.geometry} --out {output:q} > {log:q} 2>&1"

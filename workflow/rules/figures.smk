@@ -77,17 +77,18 @@ rule threshold_figure:
         run_scores,
     output:
         report("results/figures/threshold_{model}_{dataset}.png", caption="../report/threshold.rst",
-               category="Figures", subcategory="Threshold sweeps", labels={"model": "{model}", "dataset": "{dataset}"}),
+               category="Figures", subcategory="Threshold sweeps",
+               labels=made_with_labels(model="{model}", dataset="{dataset}")),
     params:
         undefined=config["undefined_policy"],
     log:
         "results/logs/figures/threshold_{model}_{dataset}.log",
     benchmark:
         "results/benchmarks/figures/threshold_{model}_{dataset}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality figure threshold {input:q} --undefined {params.undefined} --out {output:q} > {log:q} 2>&1"
 
@@ -97,7 +98,8 @@ rule start_layer_figure:
         run_scores,
     output:
         report("results/figures/start_layer_{model}_{dataset}.png", caption="../report/start_layer.rst",
-               category="Figures", subcategory="Start layers", labels={"model": "{model}", "dataset": "{dataset}"}),
+               category="Figures", subcategory="Start layers",
+               labels=made_with_labels(model="{model}", dataset="{dataset}")),
     params:
         threshold=config["threshold"],
         thresholds=metric_thresholds(),
@@ -106,10 +108,10 @@ rule start_layer_figure:
         "results/logs/figures/start_layer_{model}_{dataset}.log",
     benchmark:
         "results/benchmarks/figures/start_layer_{model}_{dataset}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality figure start-layer {input:q} --threshold {params.threshold}"
         " --metric-thresholds {params.thresholds:q} --undefined {params.undefined} --out {output:q} > {log:q} 2>&1"
@@ -124,7 +126,7 @@ rule gallery:
     output:
         report("results/figures/gallery_{model}_{dataset}.png", caption="../report/gallery.rst",
                category="Figures", subcategory="Heatmap galleries",
-               labels={"model": "{model}", "dataset": "{dataset}", "samples": "right under every method"}),
+               labels=made_with_labels(model="{model}", dataset="{dataset}", samples="right under every method")),
     params:
         selection="all_correct",
         samples=GALLERY_SAMPLES,
@@ -135,10 +137,10 @@ rule gallery:
         "results/logs/figures/gallery_{model}_{dataset}.log",
     benchmark:
         "results/benchmarks/figures/gallery_{model}_{dataset}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality figure gallery --scores {input.scores:q} --cache {input.caches:q} --masks {input.masks:q}"
         " --selection {params.selection} --samples {params.samples} --threshold {params.threshold}"
@@ -149,7 +151,7 @@ use rule gallery as gallery_changed with:
     output:
         report("results/figures/gallery_{model}_{dataset}_changed.png", caption="../report/gallery_changed.rst",
                category="Figures", subcategory="Heatmap galleries",
-               labels={"model": "{model}", "dataset": "{dataset}", "samples": "quadrant changed from zero-shot"}),
+               labels=made_with_labels(model="{model}", dataset="{dataset}", samples="quadrant changed from zero-shot")),
     params:
         selection="changed",
         samples=GALLERY_SAMPLES,
@@ -167,7 +169,7 @@ rule ood_figure:
         ood_figure_scores,
     output:
         report("results/figures/ood_{model}.png", caption="../report/ood.rst", category="Figures",
-               subcategory="Corruption severity", labels={"model": "{model}", "corruptions": "mean"}),
+               subcategory="Corruption severity", labels=made_with_labels(model="{model}", corruptions="mean")),
     params:
         threshold=config["threshold"],
         thresholds=metric_thresholds(),
@@ -177,10 +179,10 @@ rule ood_figure:
         "results/logs/figures/ood_{model}.log",
     benchmark:
         "results/benchmarks/figures/ood_{model}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality figure ood {input:q} --threshold {params.threshold} --metric-thresholds {params.thresholds:q}"
         " --undefined {params.undefined} {params.layout} --out {output:q} > {log:q} 2>&1"
@@ -190,7 +192,7 @@ use rule ood_figure as ood_figure_per_corruption with:
     output:
         report("results/figures/ood_{model}_per_corruption.png", caption="../report/ood_per_corruption.rst",
                category="Figures", subcategory="Corruption severity",
-               labels={"model": "{model}", "corruptions": "each"}),
+               labels=made_with_labels(model="{model}", corruptions="each")),
     params:
         threshold=config["threshold"],
         thresholds=metric_thresholds(),

@@ -21,10 +21,10 @@ rule project_masks:
         "results/logs/project_masks/{dataset}/{split}-{geometry}-grid{grid}.log",
     benchmark:
         "results/benchmarks/project_masks/{dataset}/{split}-{geometry}-grid{grid}.tsv"
+    threads: stage_threads("data")
     resources:
-        gpu=0,
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=stage_mem_mb("data"),
+        runtime=stage_runtime("data"),
     shell:
         "rationality project-masks --masks {input:q} --grid {wildcards.grid} --out {output:q} > {log:q} 2>&1"
 
@@ -43,10 +43,10 @@ rule score:
         "results/logs/score/{model}/{dataset}/{method}.log",
     benchmark:
         "results/benchmarks/score/{model}/{dataset}/{method}.tsv"
+    threads: stage_threads("score")
     resources:
-        gpu=0,
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=stage_mem_mb("score"),
+        runtime=stage_runtime("score"),
     shell:
         "rationality score --cache {input.cache:q} --masks {input.masks:q} --projections {input.projections:q}"
         " --normalization {params.normalization} --metrics {params.metrics} --out {output:q} > {log:q} 2>&1"
@@ -66,10 +66,10 @@ rule score_ood:
         "results/logs/score/{model}/{ood}/{method}/{corruption}-s{severity}.log",
     benchmark:
         "results/benchmarks/score/{model}/{ood}/{method}/{corruption}-s{severity}.tsv"
+    threads: stage_threads("score")
     resources:
-        gpu=0,
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=stage_mem_mb("score"),
+        runtime=stage_runtime("score"),
     shell:
         "rationality score --cache {input.cache:q} --masks {input.masks:q} --projections {input.projections:q}"
         " --normalization {params.normalization} --metrics {params.metrics} --out {output:q} > {log:q} 2>&1"

@@ -49,8 +49,10 @@ rule pt_ir_table:
     input:
         all_scores(),
     output:
-        csv=report("results/tables/pt_ir.csv", caption="../report/pt_ir.rst", category="Tables"),
-        paper_csv=report("results/tables/paper.csv", caption="../report/paper.rst", category="Tables"),
+        csv=report("results/tables/pt_ir.csv", caption="../report/pt_ir.rst", category="Tables",
+                   labels=made_with_labels(table="pt_ir.csv")),
+        paper_csv=report("results/tables/paper.csv", caption="../report/paper.rst", category="Tables",
+                         labels=made_with_labels(table="paper.csv")),
         markdown="results/tables/paper.md",
         latex="results/tables/paper.tex",
     params:
@@ -62,10 +64,10 @@ rule pt_ir_table:
         "results/logs/tables/pt_ir.log",
     benchmark:
         "results/benchmarks/tables/pt_ir.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality table {input:q} --threshold {params.threshold} --metric-thresholds {params.thresholds:q}"
         " --undefined {params.undefined} --out {output.csv:q} --paper-csv {output.paper_csv:q} --markdown {output.markdown:q}"
@@ -76,7 +78,8 @@ rule bootstrap_table:
     input:
         all_scores(),
     output:
-        report("results/tables/bootstrap.csv", caption="../report/bootstrap.rst", category="Tables"),
+        report("results/tables/bootstrap.csv", caption="../report/bootstrap.rst", category="Tables",
+               labels=made_with_labels(table="bootstrap.csv")),
     params:
         threshold=config["threshold"],
         thresholds=metric_thresholds(),
@@ -87,10 +90,10 @@ rule bootstrap_table:
         "results/logs/tables/bootstrap.log",
     benchmark:
         "results/benchmarks/tables/bootstrap.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality bootstrap {input:q} --threshold {params.threshold} --metric-thresholds {params.thresholds:q}"
         " --undefined {params.undefined} --resamples {params.resamples} --seed {params.seed} --out {output:q}"
@@ -101,7 +104,8 @@ rule ood_table:
     input:
         all_ood_scores(),
     output:
-        report("results/tables/ood.csv", caption="../report/ood_table.rst", category="Tables"),
+        report("results/tables/ood.csv", caption="../report/ood_table.rst", category="Tables",
+               labels=made_with_labels(table="ood.csv")),
     params:
         threshold=config["threshold"],
         thresholds=metric_thresholds(),
@@ -110,10 +114,10 @@ rule ood_table:
         "results/logs/tables/ood.log",
     benchmark:
         "results/benchmarks/tables/ood.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality table {input:q} --threshold {params.threshold} --metric-thresholds {params.thresholds:q}"
         " --undefined {params.undefined} --out {output:q} > {log:q} 2>&1"
@@ -123,7 +127,8 @@ rule ablation_table:
     input:
         ablation_scores,
     output:
-        csv=report("results/tables/ablations/{ablation}.csv", caption="../report/ablation.rst", category="Tables"),
+        csv=report("results/tables/ablations/{ablation}.csv", caption="../report/ablation.rst", category="Tables",
+                   labels=made_with_labels(table="{ablation}.csv")),
         markdown="results/tables/ablations/{ablation}.md",
         latex="results/tables/ablations/{ablation}.tex",
     params:
@@ -149,7 +154,8 @@ rule paired_table:
     input:
         all_scores(),
     output:
-        report("results/tables/paired.csv", caption="../report/paired.rst", category="Tables"),
+        report("results/tables/paired.csv", caption="../report/paired.rst", category="Tables",
+               labels=made_with_labels(table="paired.csv")),
     params:
         threshold=config["threshold"],
         thresholds=metric_thresholds(),
@@ -174,7 +180,8 @@ rule seeds_table:
     input:
         all_scores(),
     output:
-        csv=report("results/tables/seeds.csv", caption="../report/seeds.rst", category="Tables"),
+        csv=report("results/tables/seeds.csv", caption="../report/seeds.rst", category="Tables",
+                   labels=made_with_labels(table="seeds.csv")),
         markdown="results/tables/seeds.md",
     params:
         threshold=config["threshold"],
@@ -200,7 +207,8 @@ rule claims_table:
     input:
         all_scores(),
     output:
-        report("results/tables/claims.csv", caption="../report/claims_table.rst", category="Tables"),
+        report("results/tables/claims.csv", caption="../report/claims_table.rst", category="Tables",
+               labels=made_with_labels(table="claims.csv")),
     params:
         undefined=config["undefined_policy"],
         resamples=1000,

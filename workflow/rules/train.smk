@@ -11,6 +11,7 @@ train   model + dataset (train split) + method -> results/checkpoints/{model}/{d
         batch_size larger than nproc_per_node x train.max_batch_per_step is accumulated over
         micro-steps (the log says how each optimiser step is split). With `seeds: [a, b, ...]` every
         trained method also runs as <method>@seed<b>, ... (the first seed keeps the method's name).
+        Launcher, device and worker count are resources, not params: changing them re-runs nothing.
 """
 
 
@@ -30,10 +31,12 @@ rule pretrain:
         "results/logs/pretrain/{model}.log",
     benchmark:
         "results/benchmarks/pretrain/{model}.tsv"
+    threads: stage_threads("train")
     resources:
-        gpu=config["resources"]["gpu"],
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
+        gpu=stage_gpus("train"),
+        local_gpu_jobs=local_gpu_jobs("train"),
+        mem_mb=stage_mem_mb("train"),
+        runtime=stage_runtime("train"),
     shell:
         "rationality pretrain --model {params.model:q} --spec {params.spec:q}"
         " --dataset-name {params.dataset_name:q} --dataset {params.dataset:q} --split {params.split:q}"
@@ -53,22 +56,23 @@ rule train:
         method=method_spec,
         split=train_split,
         seed=train_seed,
-        launcher=train_launcher,
-        device=config["train"]["device"],
-        num_workers=config["train"]["num_workers"],
         max_batch=max_batch_option,
         out=checkpoint_dir,
     log:
         "results/logs/train/{model}/{dataset}/{method}.log",
     benchmark:
         "results/benchmarks/train/{model}/{dataset}/{method}.tsv"
+    threads: stage_threads("train")
     resources:
-        gpu=config["resources"]["gpu"] * config["train"]["nproc_per_node"],
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
+        gpu=stage_gpus("train") * config["train"]["nproc_per_node"],
+        local_gpu_jobs=local_gpu_jobs("train"),
+        mem_mb=stage_mem_mb("train"),
+        runtime=stage_runtime("train"),
+        launcher=train_launcher,
+        device=config["train"]["device"],
+        num_workers=config["train"]["num_workers"],
     shell:
-        "{params.launcher} train --model {params.model:q} --method {params.method:q}"
+        "{resources.launcher} train --model {params.model:q} --method {params.method:q}"
         " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
-        " --seed {params.seed} --device {params.device} --num-workers {params.num_workers}{params.max_batch}"
-        " --out {params.out:q}"
-        " > {log:q} 2>&1"
+        " --seed {params.seed} --device {resources.device} --num-workers {resources.num_workers}{params.max_batch}"
+        " --out {params.out:q} > {log:q} 2>&1"

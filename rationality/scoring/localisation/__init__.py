@@ -3,6 +3,7 @@
 from rationality.scoring.localisation.base import (
     HeatmapBatch,
     LocalisationMetric,
+    check_metric,
     create_metric,
     list_metrics,
     metric_class,
@@ -10,5 +11,5 @@ from rationality.scoring.localisation.base import (
     threshold_for,
 )
 
-__all__ = ["HeatmapBatch", "LocalisationMetric", "create_metric", "list_metrics", "metric_class", "register_metric",
-           "threshold_for"]
+__all__ = ["HeatmapBatch", "LocalisationMetric", "check_metric", "create_metric", "list_metrics", "metric_class",
+           "register_metric", "threshold_for"]

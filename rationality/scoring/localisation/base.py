@@ -172,6 +172,8 @@ register_metric = _METRICS.register
 list_metrics = _METRICS.names
 #: The class registered as a name (raises ConfigError listing the known names).
 metric_class = _METRICS.get
+#: ``check_metric(name, key="")``: the name if registered, else ConfigError (about ``key``) listing them.
+check_metric = _METRICS.check
 
 
 def create_metric(name: str) -> LocalisationMetric:
