@@ -222,5 +222,5 @@ def test_figures_and_tables_record_how_they_were_made(tmp_path: Path) -> None:
                     "undefined_policy": "invalid", "normalization": "minmax"},
         "pt_ir.csv": {"threshold": "0.4", "undefined_policy": "exclude", "normalization": "minmax"},
         "bootstrap.csv": {"threshold": "0.6", "undefined_policy": "invalid", "normalization": "minmax",
-                          "resamples": "20", "seed": "3", "confidence": "0.95"},
+                          "resamples": "20", "bootstrap_seed": "3", "confidence": "0.95"},
     }
