@@ -287,3 +287,16 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path) -> N
         load_config(path)
     assert str(caught.value).startswith(f"{path}:4:5: not valid YAML: while parsing a flow mapping "
                                         "expected ',' or '}'")
+
+
+@pytest.mark.parametrize(("scoring", "message"), [
+    ({"metrics": ["rma", "gradcam"]}, r"scoring\.metrics\[1\]: unknown localisation metric 'gradcam'; known: "
+                                      r"attribution_localisation, auc, "),
+    ({"thresholds": {"rma": 0.4}}, r"scoring\.thresholds\.rma: RMA's threshold is the top-level key `threshold`"),
+    ({"thresholds": {"auc": 0.8}}, r"scoring\.thresholds\.auc: 'auc' is not one of scoring\.metrics \(rma\)"),
+])
+def test_metrics_come_from_the_registry_and_thresholds_name_scored_metrics(scoring: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^my.yaml: {message}"):
+        validate_config(_config(scoring=scoring), source="my.yaml")
+    assert validate_config(_config(scoring={"metrics": ["rma", "auc"], "thresholds": {"auc": 0.8}}))["scoring"] == {
+        "normalization": "minmax", "metrics": ["rma", "auc"], "thresholds": {"auc": 0.8}}

@@ -296,3 +296,13 @@ def test_pixel_metrics_need_the_masks() -> None:
 def test_top_k_needs_k_pixels() -> None:
     with pytest.raises(ConfigError, match="top 1000 pixels.*16x16 holds only 256"):
         create_metric("top_k_intersection").check_frame((16, 16))
+
+
+def test_list_metrics_shows_every_registered_metric(capsys: pytest.CaptureFixture) -> None:
+    from rationality.cli import main
+
+    assert main(["list", "metrics"]) == 0
+    shown = capsys.readouterr().out
+    assert [line for line in shown.splitlines() if not line.startswith(" ")] == list_metrics()
+    assert "valid evidence:    a hit: the most relevant pixel lies on the object" in shown
+    assert "claims grid:       0.3, 0.4, 0.5, 0.6, 0.7" in shown
