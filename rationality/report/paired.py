@@ -176,7 +176,7 @@ def paired_figure(table: pd.DataFrame, model: str, dataset: str, metric: str | N
     policies = list(dict.fromkeys(rows["start_layer_policy"]))
     explainers = list(dict.fromkeys(rows["explainer"]))
     colors = method_colors(policies)
-    figure, axes = panel_figure(len(explainers), len(STATISTICS), panel=(3.2, 0.5 + 0.45 * len(runs)))
+    figure, axes = panel_figure(len(explainers), len(STATISTICS), panel=(3.2, 1.4 + 0.45 * len(runs)))
     offsets = np.linspace(-0.25, 0.25, len(policies)) if len(policies) > 1 else np.zeros(1)
     for row_axes, explainer in zip(axes, explainers):
         for ax, statistic in zip(row_axes, STATISTICS):
