@@ -179,3 +179,15 @@ def test_cli_writes_the_tables_and_figures(tmp_path: Path) -> None:
         figure = tmp_path / f"{kind}.png"
         assert main(["figure", kind, str(table), *extra, "--out", str(figure)]) == 0
         assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_claims_span_thresholds_above_one_where_the_metric_allows_them(tmp_path: Path) -> None:
+    """Attribution localisation's grid reaches 3 (an object holding 3x its area share); RMA's stops at 1."""
+    stores = [random_scores(n=30, seed=1, metrics=("rma", "attribution_localisation")),
+              _trained(random_scores(n=30, seed=2, metrics=("rma", "attribution_localisation")), seed=0)]
+    table = claims_table([_write(tmp_path, s, name) for s, name in zip(stores, ("zs", "ft"))], resamples=20,
+                         progress=False)
+    grid = set(table.loc[table.metric == "attribution_localisation", "threshold"])
+    assert grid == set(metric_class("attribution_localisation").thresholds) and max(grid) == 3.0
+    with pytest.raises(ValueError, match=r"threshold must be a finite number in \[0, 1\], got 1.5"):
+        outcome_codes(np.array([0.7]), np.array([0]), np.array([True]), 1.5)

@@ -31,7 +31,7 @@ from rationality.report.made_with import scoring_normalization
 from rationality.report.tables import (
     START_LAYER_POLICIES, metric_view, open_scores, policy_start_layer, row_key, store_metrics, with_seed_column,
 )
-from rationality.scoring.localisation import metric_class, threshold_for
+from rationality.scoring.localisation import evidence_rule, threshold_for
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, Outcome, UndefinedPolicy, outcome_codes
 
 DEFAULT_RESAMPLES = 1000
@@ -132,7 +132,7 @@ def outcome_columns(scores: xr.Dataset, policies: Sequence[str], undefined: Unde
     correct = scores[schema.CORRECT].values
     explainers = [str(e) for e in scores.coords[schema.EXPLAINER].values]
     for metric in (m for m in store_metrics(scores) if m in cut_offs):
-        direction = metric_class(metric).direction
+        rule = evidence_rule(metric)
         for normalization in normalizations or [scoring_normalization(scores)]:
             view = metric_view(scores, metric, normalization)
             values, edge = view[schema.SCORE].values, view[schema.EDGE_CASE].values
@@ -143,7 +143,7 @@ def outcome_columns(scores: xr.Dataset, policies: Sequence[str], undefined: Unde
                         keys.append({**row_key(scores, explainer, policy, metric), "normalization": normalization,
                                      "threshold": cut})
                         codes.append(outcome_codes(values[:, e, layer], edge[:, e, layer], correct, cut, undefined,
-                                                   direction))
+                                                   **rule))
     return keys, np.stack(codes, axis=1)
 
 

@@ -35,7 +35,7 @@ from rationality.report.tables import (
     START_LAYER_POLICIES, align_samples, method_label, metric_view, open_scores, policy_start_layer, primary_metric,
     store_explainer, store_run,
 )
-from rationality.scoring.localisation import metric_class
+from rationality.scoring.localisation import evidence_rule, metric_class
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, outcome_codes, outcome_names
 from rationality.scoring.rma import MaskProjector, Normalization, relevance_mass_accuracy
 
@@ -58,7 +58,7 @@ def outcomes(stores: Sequence[xr.Dataset], explainer: str | None = None, policy:
     return np.stack([
         outcome_codes(v[schema.SCORE].sel(_column(s, explainer, policy)).values,
                       v[schema.EDGE_CASE].sel(_column(s, explainer, policy)).values,
-                      s[schema.CORRECT].values, threshold, undefined, metric_class(primary_metric(s)).direction)
+                      s[schema.CORRECT].values, threshold, undefined, **evidence_rule(primary_metric(s)))
         for s, v in zip(stores, views)])
 
 

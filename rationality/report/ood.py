@@ -31,7 +31,7 @@ from rationality.report.made_with import scoring_normalization
 from rationality.report.tables import (
     METRIC_LABELS, metric_view, open_scores, policy_start_layer, primary_metric, store_explainer,
 )
-from rationality.scoring.localisation import metric_class
+from rationality.scoring.localisation import evidence_rule
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
 
 OOD_METRICS = ("accuracy", "pt", "ir")
@@ -46,7 +46,7 @@ def _metrics(scores: xr.Dataset, explainer: str | None, policy: str, threshold: 
     view = metric_view(scores)
     metrics = rationality_metrics(view[schema.SCORE].sel(column).values, view[schema.EDGE_CASE].sel(column).values,
                                   scores[schema.CORRECT].values, threshold, undefined,
-                                  metric_class(primary_metric(scores)).direction)
+                                  **evidence_rule(primary_metric(scores)))
     return {name: getattr(metrics, name) for name in OOD_METRICS}
 
 

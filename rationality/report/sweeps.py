@@ -28,7 +28,7 @@ from rationality.report.figures import (
 )
 from rationality.report.made_with import scoring_normalization
 from rationality.report.tables import METRIC_LABELS, metric_view, open_scores, policy_start_layer, primary_metric
-from rationality.scoring.localisation import metric_class
+from rationality.scoring.localisation import evidence_rule, metric_class
 from rationality.scoring.metrics import (
     DEFAULT_THRESHOLD, UNDEFINED_POLICIES, Direction, UndefinedPolicy, rationality_metrics,
 )
@@ -130,10 +130,10 @@ def start_layer_sweep(stores: Sequence[xr.Dataset], threshold: float = DEFAULT_T
         rma, edge = view[schema.SCORE].values, view[schema.EDGE_CASE].values
         correct = scores[schema.CORRECT].values
         paper = policy_start_layer("paper", scores)
-        direction = metric_class(primary_metric(scores)).direction
+        rule = evidence_rule(primary_metric(scores))
         for e, explainer in enumerate(str(x) for x in scores.coords[schema.EXPLAINER].values):
             for s, layer in enumerate(int(x) for x in scores.coords[schema.START_LAYER].values):
-                metrics = rationality_metrics(rma[:, e, s], edge[:, e, s], correct, threshold, undefined, direction)
+                metrics = rationality_metrics(rma[:, e, s], edge[:, e, s], correct, threshold, undefined, **rule)
                 rows.append({"label": label, "explainer": explainer, "start_layer": layer, "paper": layer == paper,
                              "pt": metrics.pt, "ir": metrics.ir})
     return pd.DataFrame(rows)

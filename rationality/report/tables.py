@@ -27,7 +27,7 @@ import xarray as xr
 from rationality import schema
 from rationality.errors import StoreError
 from rationality.report.made_with import scoring_normalization
-from rationality.scoring.localisation import metric_class, threshold_for
+from rationality.scoring.localisation import evidence_rule, threshold_for
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
 
 START_LAYER_POLICIES: tuple[str, ...] = ("paper", "all_blocks", "last_block")
@@ -192,12 +192,12 @@ def rationality_table(score_paths: Sequence[str | Path], threshold: float = DEFA
         for metric in store_metrics(scores):
             view = metric_view(scores, metric)
             values, edge = view[schema.SCORE].values, view[schema.EDGE_CASE].values
-            cut, direction = threshold_for(metric, threshold, thresholds), metric_class(metric).direction
+            cut, rule = threshold_for(metric, threshold, thresholds), evidence_rule(metric)
             for policy in policies:
                 layer = policy_start_layer(policy, scores)
                 for e, explainer in enumerate(explainers):
                     counts = rationality_metrics(values[:, e, layer], edge[:, e, layer], correct, cut, undefined,
-                                                 direction)
+                                                 **rule)
                     rows.append({
                         **row_key(scores, explainer, policy, metric), **counts.to_dict(),
                         **edge_case_counts(edge[:, e, layer]), "threshold": cut, "undefined_policy": undefined,

@@ -71,16 +71,19 @@ class Outcome(enum.IntEnum):
     EXCLUDED_WRONG = 5  # wrong prediction, undefined RMA, excluded from the quadrants
 
 
-def check_threshold(threshold: float) -> float:
-    """``threshold`` if it is a finite number in [0, 1]; ValueError otherwise (NaN would pass no sample)."""
+def check_threshold(threshold: float, bounds: tuple[float, float] = (0.0, 1.0)) -> float:
+    """``threshold`` if it is a finite number within ``bounds`` (RMA's: [0, 1]); ValueError otherwise (NaN
+    would pass no sample)."""
+    low, high = bounds
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not (
-            math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-        raise ValueError(f"threshold must be a finite number in [0, 1], got {threshold!r}")
+            math.isfinite(threshold) and low <= threshold <= high):
+        raise ValueError(f"threshold must be a finite number in [{low:g}, {high:g}], got {threshold!r}")
     return float(threshold)
 
 
 def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, threshold: float,
-                  undefined: UndefinedPolicy = "invalid", direction: Direction = "higher") -> np.ndarray:
+                  undefined: UndefinedPolicy = "invalid", direction: Direction = "higher",
+                  bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Per-sample :class:`Outcome` codes.
 
     Args:
@@ -91,14 +94,16 @@ def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, t
         undefined: policy for samples with undefined RMA (``invalid``, ``valid``, ``exclude``,
             ``paper_code``; see the module docstring).
         direction: ``higher``: valid at ``rma >= threshold``; ``lower``: at ``rma <= threshold``.
+        bounds: the thresholds the metric allows (RMA's: [0, 1]; see
+            :func:`~rationality.scoring.localisation.evidence_rule`).
 
     Returns:
         int8 [n, ...], the shape of ``rma``.
 
     Raises:
-        ValueError: for a threshold outside [0, 1] or not finite, or an unknown policy.
+        ValueError: for a threshold outside ``bounds`` or not finite, or an unknown policy.
     """
-    check_threshold(threshold)
+    check_threshold(threshold, bounds)
     if undefined not in UNDEFINED_POLICIES:
         raise ValueError(f"undefined policy must be one of {UNDEFINED_POLICIES}, got {undefined!r}")
     rma, edge_case = np.asarray(rma), np.asarray(edge_case)
@@ -133,6 +138,7 @@ def _ratio(numerator: int, denominator: int) -> float:
 def rationality_metrics(
     rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray,
     threshold: float = DEFAULT_THRESHOLD, undefined: UndefinedPolicy = "invalid", direction: Direction = "higher",
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> RationalityMetrics:
     """Quadrants, PT, IR and accuracy for one set of samples.
 
@@ -142,12 +148,12 @@ def rationality_metrics(
         correct: [n] bool, prediction == label.
         threshold: RMA at or above which evidence is valid.
         undefined: policy for samples with undefined RMA.
-        direction: see :func:`outcome_codes`.
+        direction, bounds: see :func:`outcome_codes`.
     """
     rma, edge_case, correct = np.asarray(rma), np.asarray(edge_case), np.asarray(correct, dtype=bool)
     if not (rma.shape == edge_case.shape == correct.shape and rma.ndim == 1):
         raise ValueError(f"rma, edge_case and correct must be [n], got {rma.shape}, {edge_case.shape}, {correct.shape}")
-    counts = np.bincount(outcome_codes(rma, edge_case, correct, threshold, undefined, direction),
+    counts = np.bincount(outcome_codes(rma, edge_case, correct, threshold, undefined, direction, bounds),
                          minlength=len(Outcome))
     rr, rw, wr, ww = (int(counts[outcome]) for outcome in (Outcome.RR, Outcome.RW, Outcome.WR, Outcome.WW))
     return RationalityMetrics(

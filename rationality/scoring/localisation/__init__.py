@@ -5,11 +5,12 @@ from rationality.scoring.localisation.base import (
     LocalisationMetric,
     check_metric,
     create_metric,
+    evidence_rule,
     list_metrics,
     metric_class,
     register_metric,
     threshold_for,
 )
 
-__all__ = ["HeatmapBatch", "LocalisationMetric", "check_metric", "create_metric", "list_metrics", "metric_class",
-           "register_metric", "threshold_for"]
+__all__ = ["HeatmapBatch", "LocalisationMetric", "check_metric", "create_metric", "evidence_rule", "list_metrics",
+           "metric_class", "register_metric", "threshold_for"]

@@ -3,6 +3,8 @@ over the object's share of the frame."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from rationality.schema import EdgeCase
@@ -30,6 +32,7 @@ class AttributionLocalisation(LocalisationMetric):
     thresholds = (0.5, 1.0, 1.5, 2.0, 3.0)
     valid_rule = "the object holds at least `threshold` times its area share of the positive relevance"
     score_range = (0.0, 4.0)  # unbounded above (1 / the object's area share); sweeps stop at 4
+    threshold_bounds = (0.0, math.inf)
     needs_pixels = False  # only a heatmap with negative upsampled values does (``normalization: none``)
     normalization_invariant = False
 

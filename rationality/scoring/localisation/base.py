@@ -140,6 +140,7 @@ class LocalisationMetric(abc.ABC):
         thresholds: the threshold grid of the claims table (the default among them).
         valid_rule: the rule for valid evidence, in words.
         score_range: the range of its scores (threshold sweeps span it).
+        threshold_bounds: the thresholds it allows.
         needs_pixels: whether it reads the masks' pixels (else projections suffice).
         normalization_invariant: whether min-max normalisation leaves it unchanged.
     """
@@ -152,6 +153,7 @@ class LocalisationMetric(abc.ABC):
     thresholds: ClassVar[tuple[float, ...]]
     valid_rule: ClassVar[str]
     score_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    threshold_bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
     needs_pixels: ClassVar[bool] = True
     normalization_invariant: ClassVar[bool] = True
 
@@ -189,6 +191,13 @@ def threshold_for(metric: str, threshold: float | None = None, thresholds: Mappi
     if metric == "rma" and threshold is not None:
         return float(threshold)
     return float(metric_class(metric).default_threshold)
+
+
+def evidence_rule(metric: str) -> dict[str, object]:
+    """How ``metric`` decides valid evidence, as keyword arguments of
+    :func:`~rationality.scoring.metrics.outcome_codes`: its ``direction`` and threshold ``bounds``."""
+    cls = metric_class(metric)
+    return {"direction": cls.direction, "bounds": cls.threshold_bounds}
 
 
 def undefined_where(edge: np.ndarray, score: np.ndarray) -> np.ndarray:
