@@ -165,7 +165,10 @@ def test_new_threshold_reruns_tables_and_the_figures_that_show_it(finished_repor
                      "ood_table": 1, "paired_figure": 1, "tables_and_figures": 1}
     assert planned_jobs(result.stdout + result.stderr) == rethresholded
     # another metric's threshold re-runs the same tables and figures, no model and not the claims table
-    result = snakemake(finished_report, "-n", "tables_and_figures", config=("scoring={thresholds: {auc: 0.8}}",))
+    config = tiny_config()
+    config["scoring"]["thresholds"] = {"auc": 0.8}
+    (finished_report / "config-auc.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(finished_report, "-n", "tables_and_figures", configfile="config-auc.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     assert planned_jobs(result.stdout + result.stderr) == rethresholded
     assert planned_jobs(snakemake(finished_report, "-n", "tables_and_figures").stdout) == {}
