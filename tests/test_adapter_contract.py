@@ -115,10 +115,10 @@ def test_config_check_agrees_with_what_the_model_runs(adapter) -> None:
         runs = [("m", "d", kind)]
         methods = {kind: {"kind": kind}}
         if method_class(kind).requires <= declared:
-            check_runs_supported({"m": adapter.spec.to_dict()}, methods, runs, "config")
+            check_runs_supported({"m": adapter.spec.to_dict()}, methods, runs)
         else:
             with pytest.raises(ConfigError, match=f"(?s)method '{kind}' needs .*model 'm'"):
-                check_runs_supported({"m": adapter.spec.to_dict()}, methods, runs, "config")
+                check_runs_supported({"m": adapter.spec.to_dict()}, methods, runs)
 
 
 def test_recorded_attention_carries_gradients(adapter) -> None:

@@ -86,8 +86,9 @@ def test_ood_sets_expand_to_runs_and_dataset_specs() -> None:
 def test_ood_set_limited_to_models_and_methods_with_frost_from_a_directory() -> None:
     ood = {"cub-c": {"dataset": "cub", "corruptions": ["frost", "saturate"], "severities": [2], "models": ["b16"],
                      "methods": ["lp"], "frost_dir": "frost", "jpeg_quality": None}}
-    config = validate_config(_config(ood=ood, runs={"models": ["b16", "blip"], "datasets": ["cub"],
-                                                    "methods": ["lp", "coop"]}))
+    runs = [{"models": ["b16", "blip"], "datasets": ["cub"], "methods": ["lp"]},
+            {"models": ["b16"], "datasets": ["cub"], "methods": ["coop"]}]  # BLIP has no CoOp
+    config = validate_config(_config(ood=ood, runs=runs))
     assert ood_runs(config) == [("b16", "cub-c", "lp", "none", 0), ("b16", "cub-c", "lp", "frost", 2),
                                 ("b16", "cub-c", "lp", "saturate", 2)]
     assert ood_dataset_spec(config, "cub-c", "frost", 2)["options"] == {
