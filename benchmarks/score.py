@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import xarray as xr
 
 from rationality import schema
-from rationality.report.tables import rationality_table
+from rationality.report.tables import metric_view, rationality_table
 from rationality.scoring.project import project_mask_store
 from rationality.scoring.score import ScoringOptions, score_stores
 from rationality.store import write_dataset
@@ -139,7 +139,7 @@ def main() -> None:
         masks = xr.open_zarr(masks_path)
         reference, loop_seconds = per_sample_loop(cache, masks, args.loop_samples)
         first = {schema.SAMPLE: slice(0, args.loop_samples), schema.EXPLAINER: 0}
-        max_difference = max(float(np.abs(xr.open_zarr(path)[schema.RMA].isel(first).values - reference).max())
+        max_difference = max(float(np.abs(metric_view(xr.open_zarr(path), "rma")[schema.SCORE].isel(first).values - reference).max())
                               for path in (scores_path, root / "scores-from-masks.zarr"))
         loop_all_seconds = loop_seconds * args.samples / args.loop_samples
 

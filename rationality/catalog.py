@@ -1,7 +1,7 @@
-"""What the registries hold, for ``rationality list models|methods|explainers|datasets``.
+"""What the registries hold, for ``rationality list models|methods|explainers|datasets|metrics``.
 
 Every entry comes from the registries themselves (model adapters and the :class:`ModelFamily` data
-they declare, adaptation methods, explainers, dataset readers), so a new module shows up here without
+they declare, adaptation methods, explainers, dataset readers, localisation metrics), so a new module shows up here without
 any edit.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-KINDS = ("models", "methods", "explainers", "datasets")
+KINDS = ("models", "methods", "explainers", "datasets", "metrics")
 READOUT_WORDS = {"cls": "the CLS token", "average": "the mean of the patch tokens",
                  "attention": "attention pooling with a learned query (no CLS token)"}
 
@@ -62,6 +62,14 @@ def catalog(kind: str) -> list[dict[str, str]]:
 
         return [{"reader": name, "about": _summary(sys.modules[dataset_class(name).__module__])}
                 for name in list_datasets()]
+    if kind == "metrics":
+        from rationality.scoring.localisation import list_metrics, metric_class
+
+        return [{"name": name, "title": cls.title, "valid evidence": cls.valid_rule,
+                 "default threshold": f"{cls.default_threshold:g}",
+                 "claims grid": ", ".join(f"{t:g}" for t in cls.thresholds), "reference": cls.reference,
+                 "computed": "from the mask projections (exact on the token grid)" if not cls.needs_pixels
+                 else "on the upsampled frame"} for name in list_metrics() for cls in [metric_class(name)]]
     raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
 
 

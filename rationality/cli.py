@@ -8,6 +8,7 @@ validated against the same schema. Bad inputs end with a one-line error naming t
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -211,16 +212,42 @@ def _cmd_project_masks(args: argparse.Namespace) -> None:
 def _cmd_score(args: argparse.Namespace) -> None:
     from rationality.scoring.score import ScoringOptions, score_stores
 
-    path = score_stores(args.cache, args.masks, args.out, ScoringOptions(normalization=args.normalization),
-                        dask_address=args.dask_address)
+    path = score_stores(args.cache, args.masks, args.out,
+                        ScoringOptions(normalization=args.normalization, metrics=tuple(args.metrics)),
+                        dask_address=args.dask_address, projections_path=args.projections)
     print(f"wrote {path}")
+
+
+def _metric_thresholds(text: str) -> dict[str, float]:
+    """``--metric-thresholds``: a JSON/YAML mapping of registered metric names to thresholds."""
+    from rationality.scoring.localisation import metric_class
+
+    thresholds = _json("--metric-thresholds")(text) or {}
+    if not isinstance(thresholds, dict) or not all(
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            for value in thresholds.values()):
+        raise argparse.ArgumentTypeError("--metric-thresholds must map metric names to finite numbers, e.g. '{auc: 0.8}'")
+    for name in thresholds:
+        try:
+            metric_class(name)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(f"--metric-thresholds: {exc}") from None
+    return {str(name): float(value) for name, value in thresholds.items()}
+
+
+def _primary_threshold(args: argparse.Namespace) -> float:
+    """The threshold of the primary metric of the first scores store, for one-metric figures."""
+    from rationality.report.tables import open_scores, primary_metric
+    from rationality.scoring.localisation import threshold_for
+
+    return threshold_for(primary_metric(open_scores(args.scores[:1])[0]), args.threshold, args.metric_thresholds)
 
 
 def _table(args: argparse.Namespace):
     from rationality.report.tables import rationality_table
 
     return rationality_table(args.scores, threshold=args.threshold, undefined=args.undefined,
-                             policies=args.policies)
+                             policies=args.policies, thresholds=args.metric_thresholds)
 
 
 def _cmd_rescore(args: argparse.Namespace) -> None:
@@ -231,22 +258,23 @@ def _cmd_rescore(args: argparse.Namespace) -> None:
 
 def _cmd_table(args: argparse.Namespace) -> None:
     from rationality.report.layout import write_layout
+    from rationality.report.tables import primary_rows
 
     table = _table(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6f")
     print(f"wrote {args.out} ({len(table)} rows)")
-    for path in write_layout(table, csv=args.paper_csv, markdown=args.markdown, latex=args.latex, digits=args.digits,
-                             grids=args.grids):
+    for path in write_layout(primary_rows(table), csv=args.paper_csv, markdown=args.markdown, latex=args.latex,
+                             digits=args.digits, grids=args.grids):
         print(f"wrote {path}")
 
 
 def _cmd_ablation_table(args: argparse.Namespace) -> None:
     from rationality.report.ablations import write_ablation
-    from rationality.report.tables import rationality_table
+    from rationality.report.tables import primary_rows, rationality_table
 
-    table = rationality_table(args.scores, threshold=args.threshold, undefined=args.undefined,
-                              policies=[args.layout["policy"]])
+    table = primary_rows(rationality_table(args.scores, threshold=args.threshold, undefined=args.undefined,
+                                           policies=[args.layout["policy"]], thresholds=args.metric_thresholds))
     for path in write_ablation(table, args.layout, csv=args.out, markdown=args.markdown, latex=args.latex,
                                digits=args.digits):
         print(f"wrote {path}")
@@ -256,10 +284,41 @@ def _cmd_bootstrap(args: argparse.Namespace) -> None:
     from rationality.report.bootstrap import bootstrap_table
 
     table = bootstrap_table(args.scores, threshold=args.threshold, undefined=args.undefined, policies=args.policies,
-                            resamples=args.resamples, seed=args.seed, confidence=args.confidence)
+                            resamples=args.resamples, seed=args.seed, confidence=args.confidence,
+                            thresholds=args.metric_thresholds)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6f")
     print(f"wrote {args.out} ({len(table)} rows)")
+
+
+def _bootstrap_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(undefined=args.undefined, policies=args.policies, resamples=args.resamples, seed=args.seed,
+                confidence=args.confidence)
+
+
+def _cmd_paired(args: argparse.Namespace) -> None:
+    from rationality.report.paired import write_paired_table
+
+    table = write_paired_table(args.scores, args.out, threshold=args.threshold, thresholds=args.metric_thresholds,
+                               **_bootstrap_options(args))
+    print(f"wrote {args.out} ({len(table)} rows)")
+
+
+def _cmd_seeds(args: argparse.Namespace) -> None:
+    from rationality.report.seeds import write_seeds_table
+
+    for path in write_seeds_table(args.scores, args.out, markdown=args.markdown, threshold=args.threshold,
+                                  thresholds=args.metric_thresholds, **_bootstrap_options(args)):
+        print(f"wrote {path}")
+
+
+def _cmd_claims(args: argparse.Namespace) -> None:
+    from rationality.report.claims import write_claims_table
+
+    table = write_claims_table(args.scores, args.out, **_bootstrap_options(args))
+    counts = table["verdict"].value_counts()
+    print(f"wrote {args.out} ({len(table)} rows: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in
+                                                             ("holds", "reversed", "inconclusive")) + ")")
 
 
 def _cmd_figure(args: argparse.Namespace) -> None:
@@ -267,17 +326,26 @@ def _cmd_figure(args: argparse.Namespace) -> None:
     from rationality.report.ood import write_ood_figure
     from rationality.report.sweeps import write_start_layer_figure, write_threshold_figure
 
-    if args.figure == "threshold":
+    if args.figure == "paired":
+        from rationality.report.paired import write_paired_figure
+
+        write_paired_figure(args.table, args.model, args.dataset, args.out)
+    elif args.figure == "claims":
+        from rationality.report.claims import write_claims_figure
+
+        write_claims_figure(args.table, args.out)
+    elif args.figure == "threshold":
         write_threshold_figure(args.scores, args.out, policy=args.policy, undefined=args.undefined)
     elif args.figure == "start-layer":
-        write_start_layer_figure(args.scores, args.out, threshold=args.threshold, undefined=args.undefined)
+        write_start_layer_figure(args.scores, args.out, threshold=_primary_threshold(args), undefined=args.undefined)
     elif args.figure == "ood":
         write_ood_figure(args.scores, args.out, explainer=args.explainer, policy=args.policy,
-                         threshold=args.threshold, undefined=args.undefined, per_corruption=args.per_corruption)
+                         threshold=_primary_threshold(args), undefined=args.undefined,
+                         per_corruption=args.per_corruption)
     else:
         ids = write_gallery(args.scores, args.cache, args.masks, args.out, selection=args.selection,
                             count=args.samples, explainer=args.explainer, policy=args.policy,
-                            threshold=args.threshold, undefined=args.undefined)
+                            threshold=_primary_threshold(args), undefined=args.undefined)
         print(f"samples: {', '.join(ids) or 'none'}")
     print(f"wrote {args.out}")
 
@@ -291,18 +359,28 @@ def _cmd_show(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def threshold_options(command: argparse.ArgumentParser) -> None:
+    """``--threshold`` (RMA's) and ``--metric-thresholds`` (the other metrics')."""
+    from rationality.scoring.metrics import DEFAULT_THRESHOLD
+
+    command.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+                         help="RMA at or above which evidence is valid, in [0, 1] (the paper's 0.5)")
+    command.add_argument("--metric-thresholds", type=_metric_thresholds, default={},
+                         help="other metrics' thresholds as JSON, e.g. '{auc: 0.8}' (default: each metric's own)")
+
+
 def _add_report_commands(commands: argparse._SubParsersAction) -> None:
-    """The ``bootstrap``, ``figure`` and ``show`` subcommands: tables and figures from stores, no model run."""
+    """The ``bootstrap``, ``figure``, ``show``, ``paired``, ``seeds`` and ``claims`` subcommands: tables and figures
+    from stores, no model run."""
     from rationality.report.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
     from rationality.report.gallery import DEFAULT_SAMPLES, SELECTIONS
     from rationality.report.tables import START_LAYER_POLICIES
-    from rationality.scoring.metrics import DEFAULT_THRESHOLD, UNDEFINED_POLICIES
+    from rationality.scoring.metrics import UNDEFINED_POLICIES
     from rationality.scoring.rma import NORMALIZATIONS
 
     def scoring_options(command: argparse.ArgumentParser, threshold: bool = True) -> None:
         if threshold:
-            command.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
-                                 help="RMA at or above which evidence is valid, in [0, 1]")
+            threshold_options(command)
         command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
                              help="how samples with undefined RMA count")
 
@@ -343,9 +421,41 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
     gallery.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="at most this many samples")
     heatmap_options(gallery)
     scoring_options(gallery)
-    for command in (threshold, start_layer, ood, gallery):
+    paired_figure = kinds.add_parser("paired", help="Δaccuracy, ΔPT, ΔIR from zero-shot of one model and dataset")
+    paired_figure.add_argument("table", help="the CSV of `rationality paired`")
+    paired_figure.add_argument("--model", required=True)
+    paired_figure.add_argument("--dataset", required=True)
+    claims_figure = kinds.add_parser("claims", help="where each of the paper's claims holds")
+    claims_figure.add_argument("table", help="the CSV of `rationality claims`")
+    for command in (threshold, start_layer, ood, gallery, paired_figure, claims_figure):
         command.add_argument("--out", required=True, help="PNG to write")
     figure.set_defaults(run=_cmd_figure)
+
+    def resampling_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("scores", nargs="+", help="scores stores (.zarr): the runs and their zero-shot run")
+        command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
+                             help="how samples with undefined scores count")
+        command.add_argument("--policies", nargs="+", choices=START_LAYER_POLICIES,
+                             default=list(START_LAYER_POLICIES), help="start-layer policies")
+        command.add_argument("--resamples", type=_positive_int, default=DEFAULT_RESAMPLES)
+        command.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the resampling seed")
+        command.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE)
+        command.add_argument("--out", required=True, help="CSV to write")
+
+    paired = commands.add_parser("paired", help="Δaccuracy, ΔPT, ΔIR of every run from zero-shot on the same "
+                                                "samples, with paired bootstrap intervals (CSV)")
+    resampling_options(paired)
+    threshold_options(paired)
+    paired.set_defaults(run=_cmd_paired)
+    seeds = commands.add_parser("seeds", help="accuracy, PT, IR over training seeds: mean ± sd and pooled intervals")
+    resampling_options(seeds)
+    threshold_options(seeds)
+    seeds.add_argument("--markdown", help="also write the primary metric's rows as Markdown")
+    seeds.set_defaults(run=_cmd_seeds)
+    claims = commands.add_parser("claims", help="the paper's claims (C1 PT down, C2 IR up, C3 accuracy up) under "
+                                                "every metric, threshold, normalisation, explainer and start layer")
+    resampling_options(claims)
+    claims.set_defaults(run=_cmd_claims)
 
     show = commands.add_parser("show", help="one sample's heatmaps across cache stores (PNG)")
     show.add_argument("sample_id")
@@ -408,8 +518,9 @@ def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from rationality.precision import PRECISIONS
     from rationality.report.tables import START_LAYER_POLICIES
-    from rationality.scoring.metrics import DEFAULT_THRESHOLD, UNDEFINED_POLICIES
+    from rationality.scoring.metrics import UNDEFINED_POLICIES
     from rationality.scoring.rma import NORMALIZATIONS
+    from rationality.scoring.score import DEFAULT_METRICS
 
     parser = argparse.ArgumentParser(prog="rationality", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"rationality {__version__}")
@@ -452,8 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     resolve.set_defaults(run=_cmd_config_resolve)
 
-    listing = commands.add_parser("list", help="what the registries hold: model families, methods, explainers, datasets")
-    listing.add_argument("kind", choices=["models", "methods", "explainers", "datasets"])
+    listing = commands.add_parser("list", help="what the registries hold: model families, methods, explainers, datasets, "
+                                               "localisation metrics")
+    listing.add_argument("kind", choices=["models", "methods", "explainers", "datasets", "metrics"])
     listing.set_defaults(run=_cmd_list)
 
     pretrain = commands.add_parser("pretrain", help="image-text pretraining of a small random model (demo)")
@@ -506,7 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="per-sample RMA of a cache store against a mask store")
     score.add_argument("--cache", required=True)
     score.add_argument("--masks", required=True, help="mask store, or projections store for the cache's grid")
-    score.add_argument("--normalization", choices=NORMALIZATIONS, default="minmax")
+    score.add_argument("--projections", help="the mask store's projections store for the cache's grid (faster)")
+    score.add_argument("--normalization", choices=NORMALIZATIONS, default="minmax",
+                       help="the normalisation tables report (the store holds both)")
+    score.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS),
+                       help="registered localisation metrics (rationality list metrics); the first is the primary one")
     score.add_argument("--dask-address", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
                        help="compute on this Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else locally)")
     score.add_argument("--out", required=True, help="scores store (.zarr) to write")
@@ -516,8 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("table", "write the PT / IR table of scores stores as CSV")):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("scores", nargs="+", help="scores stores (.zarr)")
-        command.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
-                             help="RMA at or above which evidence is valid, in [0, 1]")
+        threshold_options(command)
         command.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
                              help="how samples with undefined RMA count")
         command.add_argument("--policies", nargs="+", choices=START_LAYER_POLICIES,
@@ -536,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("scores", nargs="+", help="scores stores (.zarr) of every run the table names")
     ablation.add_argument("--layout", required=True, type=_json("--layout"),
                           help="which run fills which cell, as JSON (see rationality.report.ablations)")
-    ablation.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    threshold_options(ablation)
     ablation.add_argument("--undefined", choices=UNDEFINED_POLICIES, default="invalid",
                           help="how samples with undefined RMA count")
     ablation.add_argument("--out", required=True, help="CSV to write")

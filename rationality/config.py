@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,10 @@ def validate_config(config: dict[str, Any], source: str = "config", deep: bool =
         _check_names(filled)
         _check_pretrain(filled)
         _check_ablations(filled)
+        _check_seeds(filled)
         if deep:
             _check_registered(filled)
+            _check_metrics(filled)
             _check_methods(filled)
             _check_capabilities(filled)
             _check_ood(filled)
@@ -149,6 +152,41 @@ def _check_methods(config: dict[str, Any]) -> None:
                 create_method(method_spec_for(config, *cell.run))
             except ConfigError as error:
                 raise error.within(f"ablations.{cell.ablation}.setups.{cell.setup}.set.{cell.method}") from None
+
+
+def _check_metrics(config: dict[str, Any]) -> None:
+    """Localisation metrics are registered (the schema takes any name: registries are open) and can score
+    every model's frame; ``scoring.thresholds`` names scored metrics other than RMA."""
+    from rationality.scoring.localisation import check_metric, create_metric
+
+    scoring = config["scoring"]
+    for i, name in enumerate(scoring["metrics"]):
+        check_metric(name, f"scoring.metrics[{i}]")
+    for name in scoring["thresholds"]:
+        if name == "rma":
+            raise ConfigError("RMA's threshold is the top-level key `threshold`", "scoring.thresholds.rma")
+        if name not in scoring["metrics"]:
+            raise ConfigError(f"{name!r} is not one of scoring.metrics ({', '.join(scoring['metrics'])})",
+                              f"scoring.thresholds.{name}")
+    for i, name in enumerate(scoring["metrics"]):
+        for model, spec in config["models"].items():
+            try:
+                create_metric(name).check_frame((spec["input_size"], spec["input_size"]))
+            except ConfigError as error:
+                raise ConfigError(f"{error.reason} (models.{model})", f"scoring.metrics[{i}]") from None
+
+
+def _check_seeds(config: dict[str, Any]) -> None:
+    """No method or ablation setup is named like the run of an extra seed."""
+    for name in config["methods"]:
+        if SEED_RUN.fullmatch(name):
+            raise ConfigError(f"a method name cannot end in {SEED_SEPARATOR}seed<n> (the runs of extra seeds)",
+                              f"methods.{name}")
+    for name, ablation in config["ablations"].items():
+        for setup in ablation["setups"]:
+            if re.fullmatch(r"seed\d+", setup):
+                raise ConfigError("a setup cannot be named seed<n> (the runs of extra seeds)",
+                                  f"ablations.{name}.setups.{setup}")
 
 
 def _check_ood(config: dict[str, Any]) -> None:
@@ -283,6 +321,42 @@ def run_triples(config: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 #: Joins a method and an ablation setup in the name of the setup's own run: ``lp@adamw``.
 ABLATION_SEPARATOR = "@"
+#: Joins a method and a seed in the name of the run of an extra seed: ``lp@seed1``.
+SEED_SEPARATOR = ABLATION_SEPARATOR
+SEED_RUN = re.compile(rf"(?P<method>.+){SEED_SEPARATOR}seed(?P<seed>\d+)")
+
+
+def run_seeds(config: dict[str, Any]) -> list[int]:
+    """The seeds every trained method runs with: ``seeds``, or ``[seed]``."""
+    return list(config["seeds"]) if config.get("seeds") is not None else [config["seed"]]
+
+
+def seed_run_name(method: str, seed: int) -> str:
+    """The run name of ``method`` trained with an extra seed (not the first of :func:`run_seeds`)."""
+    return f"{method}{SEED_SEPARATOR}seed{seed}"
+
+
+def seed_triples(config: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The runs of the extra seeds, (model, dataset, ``<method>@seed<n>``), for every run of the ``runs``
+    grids whose method depends on the seed (not zero-shot), in config order."""
+    from rationality.methods.base import method_class
+
+    return [(model, dataset, seed_run_name(method, seed))
+            for seed in run_seeds(config)[1:] for model, dataset, method in run_triples(config)
+            if method_class(config["methods"][method]["kind"]).seeded]
+
+
+def run_seed(config: dict[str, Any], run: str) -> int:
+    """The seed a run trains with: the extra seed of a ``<method>@seed<n>`` run, else the first seed."""
+    match = SEED_RUN.fullmatch(run)
+    return int(match["seed"]) if match and match["method"] in config["methods"] else run_seeds(config)[0]
+
+
+def run_method(config: dict[str, Any], run: str) -> str:
+    """The method a run's stores are labelled with: ``lp`` for ``lp@seed1`` (the store records the seed),
+    else the run name itself (an ablation setup's run keeps its name, e.g. ``lp@adamw``)."""
+    match = SEED_RUN.fullmatch(run)
+    return match["method"] if match and match["method"] in config["methods"] else run
 
 
 def ablation_run_name(method: str, setup: str) -> str:
@@ -332,7 +406,10 @@ def ablation_triples(config: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def method_spec_for(config: dict[str, Any], model: str, dataset: str, method: str) -> dict[str, Any]:
     """The method spec of one run: ``methods.<method>`` with every matching ``overrides`` entry applied;
-    for an ablation setup's run ``<method>@<setup>``, that spec with the setup's changes."""
+    for an ablation setup's run ``<method>@<setup>``, that spec with the setup's changes; for an extra
+    seed's run ``<method>@seed<n>``, the method's."""
+    if method not in config["methods"] and run_method(config, method) in config["methods"]:
+        return method_spec_for(config, model, dataset, run_method(config, method))
     if method not in config["methods"]:
         cell = next(cell for cell in ablation_cells(config) if cell.run == (model, dataset, method))
         return {**method_spec_for(config, model, dataset, cell.method), **cell.changes}

@@ -115,7 +115,7 @@ def run_inference(checkpoint: str | Path, dataset: dict[str, Any], split: str, o
             paper_start_layer=0 if method.paper_start_layer == "first" else n_layers - 1,
             geometry=adapter.geometry.to_dict(), image_normalization={"mean": list(mean), "std": list(std)},
             checkpoint_sha256=checkpoint_sha256, config=config, corruption=corruption, severity=severity,
-            **dataset_provenance),
+            seed=meta.get("seed"), **dataset_provenance),
     )
     fingerprint = hashlib.sha256(json.dumps(
         {"checkpoint": checkpoint_sha256, "config": config, "version": __version__, **dataset_provenance},

@@ -4,7 +4,8 @@ The rows come from the workflow's own resolution, so the command and the workflo
 config files merge in order as Snakemake merges several ``--configfile`` files (its own
 ``update_config``: mappings merge key by key, everything else is replaced), the merged config is
 validated and filled with defaults (:func:`~rationality.config.validate_config`), the runs are the
-``runs`` grids (:func:`~rationality.config.run_triples`) and the ablations' own runs
+``runs`` grids (:func:`~rationality.config.run_triples`), their extra seeds'
+(:func:`~rationality.config.seed_triples`) and the ablations' own runs
 (:func:`~rationality.config.ablation_triples`), each method spec is
 :func:`~rationality.config.method_spec_for` built into its method (so unset hyper-parameters show
 their defaults), and the split of each optimiser step is the training loop's own
@@ -26,7 +27,9 @@ from rationality.config import (
     ablation_cells,
     ablation_triples,
     method_spec_for,
+    run_seed,
     run_triples,
+    seed_triples,
     validate_config,
 )
 from rationality.errors import ConfigError
@@ -64,7 +67,8 @@ def load_config_files(paths: Sequence[str | Path]) -> dict[str, Any]:
 def resolved_runs(config: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per trained run of a validated config: :data:`COLUMNS`, then every other hyper-parameter.
 
-    Rows follow the workflow's order: the ``runs`` grids, then the ablations' own runs. A zero-shot
+    Rows follow the workflow's order: the ``runs`` grids, their runs with extra ``seeds``, then the
+    ablations' own runs. A zero-shot
     run trains nothing: its optimiser and batch columns are None.
 
     Raises:
@@ -79,7 +83,7 @@ def resolved_runs(config: dict[str, Any]) -> list[dict[str, Any]]:
             ablations.setdefault(cell.run, []).append(f"{cell.ablation}.{cell.setup}")
     processes = config["train"]["nproc_per_node"]
     rows = []
-    for model, dataset, name in [*run_triples(config), *ablation_triples(config)]:
+    for model, dataset, name in [*run_triples(config), *seed_triples(config), *ablation_triples(config)]:
         where = f"run ({model}, {dataset}, {name})"
         try:
             method = create_method(method_spec_for(config, model, dataset, name))
@@ -94,7 +98,7 @@ def resolved_runs(config: dict[str, Any]) -> list[dict[str, Any]]:
                "batch_size": hyper.get("batch_size"), "processes": processes if plan else None,
                "batch_per_step": -(-plan.micro_batch // processes) if plan else None,
                "accumulation_steps": plan.micro_steps if plan else None, "epochs": hyper.get("epochs"),
-               "shots": hyper.get("shots"), "seed": config["seed"]}
+               "shots": hyper.get("shots"), "seed": run_seed(config, name)}
         rows.append({**row, **{key: value for key, value in hyper.items() if key not in _SHOWN}})
     return rows
 

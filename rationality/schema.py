@@ -15,10 +15,14 @@ sample ids as the ``sample`` coordinate:
   projected onto a token grid for exact RMA on the grid (see :mod:`rationality.scoring.rma`)
     - ``mask_projection`` (sample, gy, gx)                   float32, U_yᵀ M U_x
     - ``mask_area``       (sample,)                          int32, object pixels
+    - ``box_projection``  (sample, gy, gx)                   float32, U_yᵀ B U_x, B the mask's bounding box
+    - ``box_area``        (sample,)                          int32, pixels of the box
     - ``label``           (sample,)                          int32
 * **scores** (CPU stage, ``results/scores/{model}/{dataset}/{method}.zarr``)
-    - ``rma``       (sample, explainer, start_layer)           float32, NaN where undefined
-    - ``edge_case`` (sample, explainer, start_layer)           int8, an :class:`EdgeCase`
+    - ``score``     (sample, normalization, metric, explainer, start_layer)   float32, a localisation
+      metric's value (``rma``, ``pointing_game``, ...; see :mod:`rationality.scoring.localisation`),
+      NaN where undefined; ``normalization`` holds both heatmap normalisations, ``minmax`` and ``none``
+    - ``edge_case`` (sample, normalization, metric, explainer, start_layer)   int8, an :class:`EdgeCase`
     - ``label``, ``prediction`` (sample,)                      int32
     - ``correct``   (sample,)                                  bool
 
@@ -41,13 +45,19 @@ from rationality.errors import StoreError
 
 #: The version of the layout this module describes; stores of another version are refused when opened.
 #: 2: dataset_root and dataset_fingerprint in every store but the scores' own scoring options.
-SCHEMA_VERSION = 2
+#: 3: the scores store's ``rma`` became ``score`` with ``normalization`` and ``metric`` dimensions (every
+#: registered localisation metric, both normalisations, so that conclusions can be checked across them
+#: without re-scoring); projections gained the masks' bounding boxes (energy pointing game); cache and
+#: scores stores record the training ``seed``; edge case ``FULL_MASK``.
+SCHEMA_VERSION = 3
 
 # Dimensions.
 SAMPLE = "sample"
 CLASS = "class"
 EXPLAINER = "explainer"
 START_LAYER = "start_layer"
+METRIC = "metric"
+NORMALIZATION = "normalization"
 GRID_Y = "gy"
 GRID_X = "gx"
 PIXEL_Y = "y"
@@ -60,7 +70,9 @@ HEATMAP = "heatmap"
 MASK = "mask"
 MASK_PROJECTION = "mask_projection"
 MASK_AREA = "mask_area"
-RMA = "rma"
+BOX_PROJECTION = "box_projection"
+BOX_AREA = "box_area"
+SCORE = "score"
 EDGE_CASE = "edge_case"
 PREDICTION = "prediction"
 CORRECT = "correct"
@@ -102,6 +114,9 @@ ATTR_GRID = "grid"
 ATTR_CORRUPTION = "corruption"
 ATTR_SEVERITY = "severity"
 CLEAN = "none"
+#: The seed the run was trained with (``null`` for a method whose result does not depend on it, such as
+#: zero-shot): stores of the same (model, dataset, method) and different seeds are repeated runs.
+ATTR_SEED = "seed"
 #: Where the samples were read (the reader's root, absolute) and the SHA-256 of their listing
 #: (:meth:`rationality.data.base.DatasetReader.fingerprint`): a cache is scored only against masks of
 #: the same root and fingerprint, and a partial store is resumed only for the same fingerprint.
@@ -126,6 +141,7 @@ class EdgeCase(enum.IntEnum):
     EMPTY_MASK = 1  # the ground-truth mask has no pixel: nothing to be right about
     ZERO_SUM_HEATMAP = 2  # sum(H) == 0, or a constant heatmap under min-max normalisation
     NON_FINITE_HEATMAP = 3  # the heatmap holds NaN or inf
+    FULL_MASK = 4  # the mask covers the whole frame: no background to rank the object against (AUC)
 
 
 @dataclass(frozen=True)
@@ -149,11 +165,13 @@ STORE_ARRAYS: dict[StoreKind, dict[str, ArraySpec]] = {
     StoreKind.PROJECTIONS: {
         MASK_PROJECTION: ArraySpec((SAMPLE, GRID_Y, GRID_X), "float32"),
         MASK_AREA: ArraySpec((SAMPLE,), "int32"),
+        BOX_PROJECTION: ArraySpec((SAMPLE, GRID_Y, GRID_X), "float32"),
+        BOX_AREA: ArraySpec((SAMPLE,), "int32"),
         LABEL: ArraySpec((SAMPLE,), "int32"),
     },
     StoreKind.SCORES: {
-        RMA: ArraySpec((SAMPLE, EXPLAINER, START_LAYER), "float32"),
-        EDGE_CASE: ArraySpec((SAMPLE, EXPLAINER, START_LAYER), "int8"),
+        SCORE: ArraySpec((SAMPLE, NORMALIZATION, METRIC, EXPLAINER, START_LAYER), "float32"),
+        EDGE_CASE: ArraySpec((SAMPLE, NORMALIZATION, METRIC, EXPLAINER, START_LAYER), "int8"),
         LABEL: ArraySpec((SAMPLE,), "int32"),
         PREDICTION: ArraySpec((SAMPLE,), "int32"),
         CORRECT: ArraySpec((SAMPLE,), "bool"),
@@ -164,7 +182,7 @@ STORE_ATTRS: dict[StoreKind, tuple[str, ...]] = {
     StoreKind.CACHE: (
         ATTR_MODEL, ATTR_DATASET, ATTR_SPLIT, ATTR_METHOD, ATTR_METHOD_KIND, ATTR_PAPER_START_LAYER,
         ATTR_GEOMETRY, ATTR_NORMALIZATION, ATTR_CHECKPOINT_SHA256, ATTR_CONFIG, ATTR_CORRUPTION, ATTR_SEVERITY,
-        ATTR_DATASET_ROOT, ATTR_DATASET_FINGERPRINT,
+        ATTR_DATASET_ROOT, ATTR_DATASET_FINGERPRINT, ATTR_SEED,
     ),
     StoreKind.MASKS: (ATTR_DATASET, ATTR_SPLIT, ATTR_GEOMETRY, ATTR_CONFIG, ATTR_DATASET_ROOT,
                       ATTR_DATASET_FINGERPRINT),
@@ -173,7 +191,7 @@ STORE_ATTRS: dict[StoreKind, tuple[str, ...]] = {
     StoreKind.SCORES: (
         ATTR_MODEL, ATTR_DATASET, ATTR_SPLIT, ATTR_METHOD, ATTR_METHOD_KIND, ATTR_PAPER_START_LAYER,
         ATTR_GEOMETRY, ATTR_SCORING, ATTR_CACHE_PATH, ATTR_MASKS_PATH, ATTR_CORRUPTION, ATTR_SEVERITY,
-        ATTR_DATASET_ROOT, ATTR_DATASET_FINGERPRINT,
+        ATTR_DATASET_ROOT, ATTR_DATASET_FINGERPRINT, ATTR_SEED,
     ),
 }
 # No creation time: the same inputs give byte-identical stores (Snakemake's logs record when).
@@ -326,7 +344,7 @@ def mock_cache(
     defaults = dict(model="mock", dataset="mock", split="test", method="zs", method_kind="zero_shot",
                     paper_start_layer=n_layers - 1, geometry={"resize": 16, "crop": 16},
                     image_normalization="model", checkpoint_sha256="0" * 64, config={}, corruption=CLEAN,
-                    severity=0, **MOCK_DATASET)
+                    severity=0, seed=None, **MOCK_DATASET)
     return cache_dataset(
         ids=[f"mock-{i:04d}" for i in range(n_samples)],
         class_names=[f"class{c}" for c in range(n_classes)],

@@ -64,7 +64,8 @@ def train_checkpoint(model: dict[str, Any], dataset: dict[str, Any], method: dic
     if world()[0] == 0:
         save_checkpoint(checkpoint, classifier.cpu(), model=model_spec, method=adaptation.to_dict(),
                         class_names=list(reader.class_names), dataset=dataset["name"],
-                        base_tower_sha256=base_sha256, trains_image_tower=adaptation.trains_image_tower)
+                        base_tower_sha256=base_sha256, trains_image_tower=adaptation.trains_image_tower,
+                        seed=seed if adaptation.seeded else None)
         (out_dir / TRAIN_STATE_FILE).unlink(missing_ok=True)
     if dist.is_initialized():
         dist.barrier()

@@ -8,26 +8,36 @@ import numpy as np
 import xarray as xr
 
 from rationality import schema
+from rationality.scoring.rma import NORMALIZATIONS
 
 
 def scores_store(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, labels: np.ndarray | None = None,
-                 ids: list[str] | None = None, explainers: tuple[str, ...] | None = None, **attrs: Any) -> xr.Dataset:
-    """A valid scores dataset from rma / edge_case [n, E, S] and correct [n] (labels default to 0)."""
+                 ids: list[str] | None = None, explainers: tuple[str, ...] | None = None,
+                 metrics: tuple[str, ...] = ("rma",), **attrs: Any) -> xr.Dataset:
+    """A valid scores dataset from rma / edge_case [n, E, S] (the same values for every metric and
+    normalisation; or [n, M, E, S], one slice per metric) and correct [n] (labels default to 0)."""
     rma = np.asarray(rma, dtype=np.float32)
-    n, n_explainers, n_layers = rma.shape
+    edge_case = np.asarray(edge_case, dtype=np.int8)
+    if rma.ndim == 3:
+        rma, edge_case = (np.repeat(a[:, None], len(metrics), axis=1) for a in (rma, np.broadcast_to(edge_case, rma.shape)))
+    n, _, n_explainers, n_layers = rma.shape
+    per_normalization = [np.repeat(a[:, None], len(NORMALIZATIONS), axis=1) for a in (rma, edge_case)]
     labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
     correct = np.asarray(correct, dtype=bool)
     defaults = dict(model="mock", dataset="mock", split="test", method="zs", method_kind="zero_shot",
-                    paper_start_layer=n_layers - 1, geometry={"resize": 16, "crop": 16}, scoring={"normalization": "minmax"},
-                    cache_path="cache.zarr", masks_path="masks.zarr", corruption=schema.CLEAN, severity=0,
+                    paper_start_layer=n_layers - 1, geometry={"resize": 16, "crop": 16},
+                    scoring={"normalization": "minmax", "metrics": list(metrics)},
+                    cache_path="cache.zarr", masks_path="masks.zarr", corruption=schema.CLEAN, severity=0, seed=None,
                     **schema.MOCK_DATASET)
-    dims = (schema.SAMPLE, schema.EXPLAINER, schema.START_LAYER)
+    dims = (schema.SAMPLE, schema.NORMALIZATION, schema.METRIC, schema.EXPLAINER, schema.START_LAYER)
     return xr.Dataset(
-        {schema.RMA: (dims, rma), schema.EDGE_CASE: (dims, np.asarray(edge_case, dtype=np.int8)),
+        {schema.SCORE: (dims, per_normalization[0]), schema.EDGE_CASE: (dims, per_normalization[1]),
          schema.LABEL: ((schema.SAMPLE,), labels),
          schema.PREDICTION: ((schema.SAMPLE,), np.where(correct, labels, labels + 1).astype(np.int32)),
          schema.CORRECT: ((schema.SAMPLE,), correct)},
         coords={schema.SAMPLE: schema.sample_ids(ids or [f"mock-{i:04d}" for i in range(n)]),
+                schema.NORMALIZATION: np.asarray(NORMALIZATIONS, dtype=object),
+                schema.METRIC: np.asarray(metrics, dtype=object),
                 schema.EXPLAINER: np.asarray(explainers or [f"explainer{e}" for e in range(n_explainers)], dtype=object),
                 schema.START_LAYER: np.arange(n_layers, dtype=np.int32)},
         attrs=schema.provenance(schema.StoreKind.SCORES, **{**defaults, **attrs}),

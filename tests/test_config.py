@@ -8,7 +8,7 @@ import pytest
 
 from rationality.config import (
     ablation_cells, ablation_triples, dataset_spec_for, load_config, method_spec_for, ood_dataset_spec, ood_runs,
-    run_triples, validate_config,
+    run_method, run_seed, run_triples, seed_triples, validate_config,
 )
 from rationality.data.corruptions import CORRUPTIONS
 from rationality.errors import ConfigError
@@ -198,6 +198,18 @@ def test_ablation_run_names_are_unique() -> None:
         validate_config(_config(ablations={"t": _ablation(setups={"a/b": {"label": "x"}})}))
 
 
+def test_seeds_add_a_run_per_extra_seed_of_every_trained_method() -> None:
+    methods = {"lp": {"kind": "linear_probe"}, "zs": {"kind": "zero_shot"}}
+    runs = {"models": ["b16"], "datasets": ["cub"], "methods": ["zs", "lp"]}
+    config = validate_config(_config(methods=methods, runs=runs, seeds=[3, 1, 2]))
+    assert seed_triples(config) == [("b16", "cub", "lp@seed1"), ("b16", "cub", "lp@seed2")]  # zero-shot runs once
+    assert [run_seed(config, run) for run in ("lp", "lp@seed1", "zs")] == [3, 1, 3]
+    assert [run_method(config, run) for run in ("lp", "lp@seed2")] == ["lp", "lp"]
+    assert seed_triples(validate_config(_config(methods=methods, runs=runs))) == []
+    with pytest.raises(ConfigError, match="methods.lp@seed1: a method name cannot end in @seed<n>"):
+        validate_config(_config(methods={**methods, "lp@seed1": {"kind": "linear_probe"}}, runs=runs))
+
+
 # One line per fault, naming the key path and what is allowed there (names from the registries).
 LP_HYPERPARAMETERS = ("adam_beta1, adam_beta2, batch_size, epochs, eps, head_init, lr, normalize_features, optimizer, "
                       "precision, prompt_template, shots, weight_decay")
@@ -276,3 +288,16 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path) -> N
         load_config(path)
     assert str(caught.value).startswith(f"{path}:4:5: not valid YAML: while parsing a flow mapping "
                                         "expected ',' or '}'")
+
+
+@pytest.mark.parametrize(("scoring", "message"), [
+    ({"metrics": ["rma", "gradcam"]}, r"scoring\.metrics\[1\]: unknown localisation metric 'gradcam'; known: "
+                                      r"attribution_localisation, auc, "),
+    ({"thresholds": {"rma": 0.4}}, r"scoring\.thresholds\.rma: RMA's threshold is the top-level key `threshold`"),
+    ({"thresholds": {"auc": 0.8}}, r"scoring\.thresholds\.auc: 'auc' is not one of scoring\.metrics \(rma\)"),
+])
+def test_metrics_come_from_the_registry_and_thresholds_name_scored_metrics(scoring: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^my.yaml: {message}"):
+        validate_config(_config(scoring=scoring), source="my.yaml")
+    assert validate_config(_config(scoring={"metrics": ["rma", "auc"], "thresholds": {"auc": 0.8}}))["scoring"] == {
+        "normalization": "minmax", "metrics": ["rma", "auc"], "thresholds": {"auc": 0.8}}

@@ -16,6 +16,7 @@ import yaml
 
 import rationality
 from rationality import schema
+from rationality.report.tables import metric_view
 from rationality.cli import main
 from rationality.config import load_config
 from rationality.data import create_dataset
@@ -121,9 +122,9 @@ def test_score_and_table(cache_store: Path, mask_store: Path, work: Path) -> Non
     out = score_stores(cache_store, mask_store, work / "scores" / "zs.zarr", ScoringOptions("minmax"), progress=False)
     scores = schema.open_store(str(out), schema.StoreKind.SCORES)
     cache = schema.open_store(str(cache_store), schema.StoreKind.CACHE)
-    assert scores[schema.RMA].shape == (12, 2, 4)
-    assert (scores[schema.EDGE_CASE].values == 0).all()
-    rma = scores[schema.RMA].values
+    assert metric_view(scores)[schema.SCORE].shape == (12, 2, 4)
+    assert (metric_view(scores)[schema.EDGE_CASE].values == 0).all()
+    rma = metric_view(scores)[schema.SCORE].values
     assert ((rma >= 0) & (rma <= 1)).all()
     np.testing.assert_array_equal(scores[schema.PREDICTION].values, cache[schema.LOGITS].values.argmax(axis=1))
     table = rationality_table([out])
@@ -273,7 +274,8 @@ def test_load_config_unknown_key(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(config))
     loaded = load_config(good)
-    assert loaded["threshold"] == 0.5 and loaded["scoring"] == {"normalization": "minmax"}  # defaults filled
+    assert loaded["threshold"] == 0.5  # defaults filled
+    assert loaded["scoring"] == {"normalization": "minmax", "metrics": ["rma"], "thresholds": {}}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**config, "treshold": 0.4}))
     with pytest.raises(ConfigError, match=re.escape(str(bad))) as caught:

@@ -10,6 +10,7 @@ import pytest
 from report_stores import random_scores
 
 from rationality import schema
+from rationality.report.tables import metric_view
 from rationality.cli import main
 from rationality.report.bootstrap import (
     STATISTICS, bootstrap_distribution, bootstrap_table, percentile_interval, resample_indices,
@@ -20,7 +21,8 @@ from rationality.store import write_dataset
 
 def _codes(scores, threshold: float = 0.5, undefined: str = "invalid") -> np.ndarray:
     """[n, E*S] outcome codes of every (explainer, start layer) of a scores dataset."""
-    rma, edge = scores[schema.RMA].values, scores[schema.EDGE_CASE].values
+    view = metric_view(scores)
+    rma, edge = view[schema.SCORE].values, view[schema.EDGE_CASE].values
     codes = outcome_codes(rma, edge, scores[schema.CORRECT].values, threshold, undefined)
     return codes.reshape(len(codes), -1)
 
@@ -28,8 +30,8 @@ def _codes(scores, threshold: float = 0.5, undefined: str = "invalid") -> np.nda
 @pytest.mark.parametrize("undefined", UNDEFINED_POLICIES)
 def test_vectorised_resamples_equal_a_loop(undefined: str) -> None:
     scores = random_scores(n=37, seed=1, n_layers=2, explainers=("a", "b"), undefined_share=0.2)
-    rma = scores[schema.RMA].values.reshape(37, -1)
-    edge = scores[schema.EDGE_CASE].values.reshape(37, -1)
+    rma = metric_view(scores)[schema.SCORE].values.reshape(37, -1)
+    edge = metric_view(scores)[schema.EDGE_CASE].values.reshape(37, -1)
     correct = scores[schema.CORRECT].values
     resamples = 50
     fast = bootstrap_distribution(_codes(scores, 0.5, undefined), resamples, seed=7)
@@ -95,9 +97,10 @@ def test_table_intervals_contain_the_point_estimates(tmp_path: Path) -> None:
     scores = schema.open_store(str(paths[1]), schema.StoreKind.SCORES)
     row = table[(table.method == "ft") & (table.explainer == "grad") & (table.start_layer_policy == "all_blocks")].iloc[0]
     column = {schema.EXPLAINER: "grad", schema.START_LAYER: 0}
-    m = rationality_metrics(scores[schema.RMA].sel(column).values, scores[schema.EDGE_CASE].sel(column).values,
-                            scores[schema.CORRECT].values, 0.4)
-    assert (row.accuracy, row.pt, row.ir, row.n, row.threshold, row.seed) == (m.accuracy, m.pt, m.ir, 80, 0.4, 0)
+    view = metric_view(scores).sel(column)
+    m = rationality_metrics(view[schema.SCORE].values, view[schema.EDGE_CASE].values, scores[schema.CORRECT].values, 0.4)
+    assert (row.accuracy, row.pt, row.ir, row.n, row.threshold, row.bootstrap_seed) == (m.accuracy, m.pt, m.ir, 80,
+                                                                                          0.4, 0)
 
 
 def test_same_seed_same_intervals_and_cli(tmp_path: Path) -> None:
@@ -105,5 +108,5 @@ def test_same_seed_same_intervals_and_cli(tmp_path: Path) -> None:
     out = tmp_path / "ci.csv"
     assert main(["bootstrap", str(path), "--resamples", "200", "--seed", "5", "--out", str(out)]) == 0
     again = bootstrap_table([path], resamples=200, seed=5, progress=False)
-    pd.testing.assert_frame_equal(pd.read_csv(out), again, check_dtype=False, atol=1e-6)
+    pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"seed": "Int64"}), again, check_dtype=False, atol=1e-6)
 

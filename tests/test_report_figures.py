@@ -10,6 +10,7 @@ from PIL import Image
 from report_stores import random_scores, scores_store
 
 from rationality import schema
+from rationality.report.tables import metric_view
 from rationality.cli import main
 from rationality.report.figures import DPI, PANEL, save_figure
 from rationality.report.made_with import read_made_with
@@ -38,7 +39,8 @@ def _ood(n: int = 40, severities: tuple[int, ...] = (1, 2, 3, 4, 5)) -> list:
 
 def _metric(scores, explainer: str, layer: int, threshold: float = 0.5, undefined: str = "invalid"):
     column = {schema.EXPLAINER: explainer, schema.START_LAYER: layer}
-    return rationality_metrics(scores[schema.RMA].sel(column).values, scores[schema.EDGE_CASE].sel(column).values,
+    view = metric_view(scores).sel(column)
+    return rationality_metrics(view[schema.SCORE].values, view[schema.EDGE_CASE].values,
                                scores[schema.CORRECT].values, threshold, undefined)
 
 
@@ -59,7 +61,8 @@ def _png_size(figure, path: Path) -> tuple[int, int]:
 @pytest.mark.parametrize("undefined", UNDEFINED_POLICIES)
 def test_threshold_curves_equal_the_metrics_at_every_threshold(undefined: str) -> None:
     scores = random_scores(n=200, seed=4, undefined_share=0.2)
-    rma, edge = scores[schema.RMA].values[:, 0, 0], scores[schema.EDGE_CASE].values[:, 0, 0]
+    view = metric_view(scores)
+    rma, edge = view[schema.SCORE].values[:, 0, 0], view[schema.EDGE_CASE].values[:, 0, 0]
     correct = scores[schema.CORRECT].values
     thresholds = np.r_[np.linspace(0, 1, 51), rma[np.isfinite(rma)][:20], 0.7]  # incl. ties with samples
     pt, ir = threshold_curves(rma, edge, correct, thresholds, undefined)
@@ -219,5 +222,5 @@ def test_figures_and_tables_record_how_they_were_made(tmp_path: Path) -> None:
                     "undefined_policy": "invalid", "normalization": "minmax"},
         "pt_ir.csv": {"threshold": "0.4", "undefined_policy": "exclude", "normalization": "minmax"},
         "bootstrap.csv": {"threshold": "0.6", "undefined_policy": "invalid", "normalization": "minmax",
-                          "resamples": "20", "seed": "3", "confidence": "0.95"},
+                          "resamples": "20", "bootstrap_seed": "3", "confidence": "0.95"},
     }

@@ -11,6 +11,7 @@ from PIL import Image
 from report_stores import scores_store
 
 from rationality import schema
+from rationality.report.tables import metric_view
 from rationality.cli import main
 from rationality.data import create_dataset
 from rationality.data.geometry import Geometry
@@ -108,7 +109,7 @@ def _cache(spec: dict, method: str, kind: str, seed: int, root: str | None = Non
             schema.StoreKind.CACHE, model="tiny", dataset=spec["name"], split="test", method=method, method_kind=kind,
             paper_start_layer=2 if kind == "zero_shot" else 0, geometry=GEOMETRY.to_dict(),
             image_normalization="model", checkpoint_sha256="0" * 64, config={"dataset": dataset, "split": "test"},
-            corruption=schema.CLEAN, severity=0, dataset_root=str(reader.root.resolve()),
+            corruption=schema.CLEAN, severity=0, seed=None, dataset_root=str(reader.root.resolve()),
             dataset_fingerprint=reader.fingerprint("test")))
 
 
@@ -163,7 +164,7 @@ def test_gallery_draws_each_methods_heatmap_over_the_image(stores: dict) -> None
             drawn = ax.get_images()
             np.testing.assert_array_equal(drawn[0].get_array(), images[sample_id])
             np.testing.assert_allclose(drawn[1].get_array(), display_heatmap(heatmap, mask.shape))
-            rma = float(s[schema.RMA].sel(sample=sample_id, explainer="generic_attention", start_layer=layer))
+            rma = float(metric_view(s)[schema.SCORE].sel(sample=sample_id, explainer="generic_attention", start_layer=layer))
             assert f"RMA {rma:.2f}" in ax.get_xlabel()
     assert [ax.get_title() for ax in axes[0]] == ["image", "zs (s=2)", "lp (s=0)", "ft (s=0)"]
 
@@ -203,7 +204,7 @@ def test_show_renders_one_sample_across_caches(stores: dict, tmp_path: Path) -> 
     heatmap = caches[1][schema.HEATMAP].sel(sample=sample_id, explainer="grad", start_layer=2).values
     np.testing.assert_allclose(axes[1, 2].get_images()[1].get_array(), display_heatmap(heatmap, (32, 32)))
     scored = schema.open_store(str(stores["scores"][1]), schema.StoreKind.SCORES)
-    rma = float(scored[schema.RMA].sel(sample=sample_id, explainer="grad", start_layer=2))
+    rma = float(metric_view(scored)[schema.SCORE].sel(sample=sample_id, explainer="grad", start_layer=2))
     assert f"last_block (s=2) · RMA {rma:.2f}" in axes[1, 2].get_xlabel()  # the scoring stage's RMA
     assert axes[0, 1].get_title().startswith("zs\n")
 

@@ -14,7 +14,7 @@ from report_stores import random_scores
 from rationality import schema
 from rationality.cli import main
 from rationality.report.layout import AVERAGE, BEST, SECOND, mark_best, paper_tables, to_frame, to_latex, to_markdown
-from rationality.report.tables import TABLE_COLUMNS, rationality_table
+from rationality.report.tables import TABLE_COLUMNS, metric_view, rationality_table
 from rationality.store import write_dataset
 
 METHODS, MODELS, DATASETS = ["zs", "lp", "ft"], ["clip", "blip"], ["cub", "dogs"]
@@ -153,11 +153,13 @@ def test_long_table_counts_every_edge_case(tmp_path: Path) -> None:
     table = rationality_table([path], policies=["all_blocks"])
     assert list(table.columns) == TABLE_COLUMNS
     for row in table.itertuples():
-        edge = scores[schema.EDGE_CASE].sel(explainer=row.explainer, start_layer=0).values
+        edge = metric_view(scores)[schema.EDGE_CASE].sel(explainer=row.explainer, start_layer=0).values
         assert row.n_empty_mask == np.sum(edge == schema.EdgeCase.EMPTY_MASK)
         assert row.n_zero_sum_heatmap == np.sum(edge == schema.EdgeCase.ZERO_SUM_HEATMAP)
         assert row.n_non_finite_heatmap == np.sum(edge == schema.EdgeCase.NON_FINITE_HEATMAP)
-        assert row.n_empty_mask + row.n_zero_sum_heatmap + row.n_non_finite_heatmap == row.n_undefined > 0
+        assert row.n_full_mask == np.sum(edge == schema.EdgeCase.FULL_MASK)
+        assert row.n_empty_mask + row.n_zero_sum_heatmap + row.n_non_finite_heatmap + row.n_full_mask \
+            == row.n_undefined > 0
         assert (row.corruption, row.severity) == ("none", 0)
 
 

@@ -17,6 +17,7 @@ import xarray as xr
 import zarr
 
 from rationality import schema
+from rationality.report.tables import metric_view
 from rationality.errors import StoreError
 from rationality.report.tables import START_LAYER_POLICIES, TABLE_COLUMNS, rationality_table
 from rationality.scoring.metrics import rationality_metrics
@@ -335,8 +336,8 @@ def test_join_is_by_id_not_position(cache: xr.Dataset, masks: xr.Dataset, normal
     assert list(reversed_masks[schema.SAMPLE].values) != list(masks[schema.SAMPLE].values)
     xr.testing.assert_identical(_scores(cache, reversed_masks, normalization).drop_attrs(), in_order.drop_attrs())
     rma, edge = _direct(cache, masks, normalization)
-    np.testing.assert_array_equal(in_order[schema.RMA].values, rma)
-    np.testing.assert_array_equal(in_order[schema.EDGE_CASE].values, edge)
+    np.testing.assert_array_equal(metric_view(in_order)[schema.SCORE].values, rma)
+    np.testing.assert_array_equal(metric_view(in_order)[schema.EDGE_CASE].values, edge)
     # A positional join would have given other values.
     mismatched, _ = _direct(cache, reversed_masks, normalization)
     assert not np.allclose(mismatched, rma)
@@ -351,7 +352,7 @@ def test_scores_fields(cache: xr.Dataset, masks: xr.Dataset) -> None:
     np.testing.assert_array_equal(scores[schema.LABEL].values, cache[schema.LABEL].values)
     assert scores.attrs[schema.ATTR_CACHE_PATH] == CACHE_PATH
     assert scores.attrs[schema.ATTR_MASKS_PATH] == MASKS_PATH
-    assert schema.json_attr(scores, schema.ATTR_SCORING) == {"normalization": "minmax"}
+    assert schema.json_attr(scores, schema.ATTR_SCORING) == {"normalization": "minmax", "metrics": ["rma"]}
     assert scores.attrs[schema.ATTR_PAPER_START_LAYER] == cache.attrs[schema.ATTR_PAPER_START_LAYER]
 
 
@@ -404,8 +405,8 @@ def test_score_stores_end_to_end(tmp_path: Path, normalization: str) -> None:
     out = score_stores(cache_path, masks_path, tmp_path / "scores.zarr", ScoringOptions(normalization), progress=False)
     scores = schema.open_store(str(out), schema.StoreKind.SCORES)
     rma, edge = _direct(cache, masks, normalization)
-    np.testing.assert_array_equal(scores[schema.RMA].values, rma)
-    np.testing.assert_array_equal(scores[schema.EDGE_CASE].values, edge)
+    np.testing.assert_array_equal(metric_view(scores)[schema.SCORE].values, rma)
+    np.testing.assert_array_equal(metric_view(scores)[schema.EDGE_CASE].values, edge)
     assert (edge[4] == schema.EdgeCase.EMPTY_MASK).all() and (edge[np.arange(70) != 4] == 0).all()
     assert list(scores[schema.SAMPLE].values) == list(cache[schema.SAMPLE].values)
     assert scores.attrs[schema.ATTR_CACHE_PATH] == str(cache_path)
@@ -443,8 +444,8 @@ def test_table_metrics_follow_threshold(tmp_path: Path, threshold: float) -> Non
     table = rationality_table([path], threshold=threshold, policies=["all_blocks", "last_block"])
     for row in table.itertuples():
         e = ["generic_attention", "other"].index(row.explainer)
-        expected = rationality_metrics(scores[schema.RMA].values[:, e, row.start_layer],
-                                       scores[schema.EDGE_CASE].values[:, e, row.start_layer],
+        expected = rationality_metrics(metric_view(scores)[schema.SCORE].values[:, e, row.start_layer],
+                                       metric_view(scores)[schema.EDGE_CASE].values[:, e, row.start_layer],
                                        scores[schema.CORRECT].values, threshold=threshold)
         assert row.threshold == threshold
         assert (row.rr, row.rw, row.wr, row.ww) == (expected.rr, expected.rw, expected.wr, expected.ww)
@@ -513,8 +514,8 @@ def test_scoring_from_projections_equals_scoring_from_masks(tmp_path: Path) -> N
         direct = score_stores(cache, masks, tmp_path / f"direct-{normalization}.zarr", options, progress=False)
         projected = score_stores(cache, projections, tmp_path / f"projected-{normalization}.zarr", options,
                                  progress=False)
-        direct_rma = schema.open_store(str(direct), schema.StoreKind.SCORES)[schema.RMA].values
-        projected_rma = schema.open_store(str(projected), schema.StoreKind.SCORES)[schema.RMA].values
+        direct_rma = schema.open_store(str(direct), schema.StoreKind.SCORES)[schema.SCORE].values
+        projected_rma = schema.open_store(str(projected), schema.StoreKind.SCORES)[schema.SCORE].values
         np.testing.assert_allclose(projected_rma, direct_rma, atol=1e-6)
     other_grid = project_mask_store(masks, (2, 2), tmp_path / "projections-2x2.zarr", progress=False)
     with pytest.raises(StoreError, match=r"projected onto grid \[2, 2\].*\[4, 4\] heatmaps"):

@@ -121,8 +121,15 @@ def test_demo_tables_figures_and_report(finished_report: Path) -> None:
     assert set(zip(ood.corruption, ood.severity)) == {("none", 0), ("fog", 3)} and set(ood.method) == {"zs", "lp", "ft"}
     bootstrap = pd.read_csv(results / "tables" / "bootstrap.csv")
     assert len(bootstrap) == 3 * 2 * 3 and (bootstrap.accuracy_low <= bootstrap.accuracy).all()
+    claims = pd.read_csv(results / "tables" / "claims.csv")
+    assert set(claims.claim) == {"C1", "C2", "C3"} and set(claims.method) == {"lp", "ft"}
+    assert set(claims.verdict) <= {"holds", "reversed", "inconclusive"} and set(claims.metric.dropna()) == set(
+        tiny_config()["scoring"]["metrics"])
+    paired = pd.read_csv(results / "tables" / "paired.csv")
+    assert set(paired.method) == {"lp", "ft"} and (paired.n == 4 * 3).all()
     figures = ["threshold_tiny-vit_demo", "start_layer_tiny-vit_demo", "gallery_tiny-vit_demo",
-               "gallery_tiny-vit_demo_changed", "ood_tiny-vit", "ood_tiny-vit_per_corruption"]
+               "gallery_tiny-vit_demo_changed", "ood_tiny-vit", "ood_tiny-vit_per_corruption",
+               "paired_tiny-vit_demo", "claims"]
     for name in figures:
         with Image.open(results / "figures" / f"{name}.png") as image:
             assert image.format == "PNG" and min(image.size) >= 200
@@ -159,9 +166,17 @@ def test_new_threshold_reruns_tables_and_the_figures_that_show_it(finished_repor
     assert result.returncode == 0, result.stderr[-4000:]
     assert planned_jobs(result.stdout + result.stderr) == {"pt_ir_table": 1, "bootstrap_table": 1}
     result = snakemake(finished_report, "-n", "tables_and_figures", config=("threshold=0.6",))
-    assert planned_jobs(result.stdout + result.stderr) == {
-        "pt_ir_table": 1, "bootstrap_table": 1, "start_layer_figure": 1, "gallery": 1, "gallery_changed": 1,
-        "ood_figure": 1, "ood_figure_per_corruption": 1, "ood_table": 1, "tables_and_figures": 1}
+    rethresholded = {"pt_ir_table": 1, "bootstrap_table": 1, "paired_table": 1, "start_layer_figure": 1,
+                     "gallery": 1, "gallery_changed": 1, "ood_figure": 1, "ood_figure_per_corruption": 1,
+                     "ood_table": 1, "paired_figure": 1, "tables_and_figures": 1}
+    assert planned_jobs(result.stdout + result.stderr) == rethresholded
+    # another metric's threshold re-runs the same tables and figures, no model and not the claims table
+    config = tiny_config()
+    config["scoring"]["thresholds"] = {"auc": 0.8}
+    (finished_report / "config-auc.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(finished_report, "-n", "tables_and_figures", configfile="config-auc.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert planned_jobs(result.stdout + result.stderr) == rethresholded
     assert planned_jobs(snakemake(finished_report, "-n", "tables_and_figures").stdout) == {}
 
 

@@ -138,3 +138,18 @@ def test_a_threshold_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "results/tables/pt_ir.csv", config=("threshold=nan",))
     assert_refused_in_one_line(result, "config.yaml + --config: threshold: must be a finite number, got nan", tmp_path,
                                earlier)
+
+
+def test_seeds_train_every_trained_method_once_per_seed(tmp_path: Path) -> None:
+    """seeds: [0, 1] adds the runs lp@seed1 and ft@seed1 (zero-shot runs once) and the seeds table."""
+    config = tiny_config()
+    config["seeds"] = [0, 1]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", "-p")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert set(method_specs(output)) == {f"results/checkpoints/tiny-vit/demo/{run}"
+                                         for run in ("zs", "lp", "ft", "lp@seed1", "ft@seed1")}
+    assert re.search(r"train .*--seed 1 .*--out results/checkpoints/tiny-vit/demo/lp@seed1", output)
+    jobs = planned_jobs(output)
+    assert (jobs["train"], jobs["score"], jobs["seeds_table"], jobs["claims_table"]) == (5, 5, 1, 1)

@@ -33,6 +33,8 @@ class AdaptationMethod(abc.ABC):
     """Base of every method; subclasses are dataclasses whose fields are the hyper-parameters."""
 
     kind: ClassVar[str]
+    #: Whether results depend on the training seed (a method trained with ``seeds`` runs once per seed).
+    seeded: ClassVar[bool] = True
     paper_start_layer: ClassVar[Literal["first", "last"]]
     trains_image_tower: ClassVar[bool] = False
     #: Whether :meth:`fit` reads the training split (False: the dataset needs none).

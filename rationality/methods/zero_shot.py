@@ -19,6 +19,7 @@ class ZeroShot(AdaptationMethod):
 
     paper_start_layer = "last"
     uses_training_split = False
+    seeded = False  # nothing is trained: the seed changes nothing
 
     def fit(self, adapter: VisionLanguageAdapter, class_names: Sequence[str], train: ImageDataset,
             run: Run) -> ImageClassifier:

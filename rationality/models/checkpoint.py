@@ -1,9 +1,9 @@
 """Checkpoints every method writes and the GPU stage loads without knowing the method.
 
-A checkpoint file holds the model spec, the method spec, the class names, the head (kind, config,
-state) and, only for methods that train the image tower, the tower's state. Otherwise the tower is
-rebuilt from the model spec and checked against the SHA-256 of its weights recorded at training
-time, so a changed pretrained file or a different random initialisation cannot slip through.
+A checkpoint file holds the model spec, the method spec, the training seed, the class names, the head
+(kind, config, state) and, only for methods that train the image tower, the tower's state. Otherwise
+the tower is rebuilt from the model spec and checked against the SHA-256 of its weights recorded at
+training time, so a changed pretrained file or a different random initialisation cannot slip through.
 Files load with ``torch.load(weights_only=True)``.
 """
 
@@ -45,8 +45,10 @@ def file_sha256(path: str | Path) -> str:
 
 
 def save_checkpoint(path: Path, classifier: ImageClassifier, *, model: ModelSpec, method: dict[str, Any],
-                    class_names: list[str], dataset: str, base_tower_sha256: str, trains_image_tower: bool) -> None:
-    """Write the checkpoint atomically (temporary file, then rename)."""
+                    class_names: list[str], dataset: str, base_tower_sha256: str, trains_image_tower: bool,
+                    seed: int | None = None) -> None:
+    """Write the checkpoint atomically (temporary file, then rename); ``seed``: the training seed, None
+    for a method that does not depend on it."""
     tower = classifier.adapter.image_tower()
     payload = {
         "format_version": FORMAT_VERSION,
@@ -54,6 +56,7 @@ def save_checkpoint(path: Path, classifier: ImageClassifier, *, model: ModelSpec
         "model": model.to_dict(),
         "method": method,
         "dataset": dataset,
+        "seed": seed,
         "class_names": list(class_names),
         "head": {"kind": classifier.head.kind, "config": classifier.head.config(),
                  "state": classifier.head.state_dict()},

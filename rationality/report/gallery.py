@@ -13,7 +13,7 @@ within a class by sample id), so a small gallery shows several classes, and the 
 
 Layout of :func:`gallery_figure`: one row per sample (labelled with its id and class), one column
 for the image with the mask outline, then one column per method with its heatmap over the image and
-the sample's quadrant and RMA beneath. :func:`show_figure` (``rationality show``) draws one sample:
+the sample's quadrant and its primary metric's score (RMA by default) beneath. :func:`show_figure` (``rationality show``) draws one sample:
 one column per cache store, one row per (explainer, start-layer policy), RMA computed on the spot
 from the mask store, so it needs no scores store.
 """
@@ -32,8 +32,10 @@ from rationality.report.figures import empty_figure, panel_figure, save_figure
 from rationality.report.made_with import scoring_normalization
 from rationality.report.overlay import draw_image, draw_overlay, model_input_images
 from rationality.report.tables import (
-    START_LAYER_POLICIES, open_scores, policy_start_layer, store_explainer, store_run,
+    START_LAYER_POLICIES, align_samples, method_label, metric_view, open_scores, policy_start_layer, primary_metric,
+    store_explainer, store_run,
 )
+from rationality.scoring.localisation import evidence_rule, metric_class
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, outcome_codes, outcome_names
 from rationality.scoring.rma import MaskProjector, Normalization, relevance_mass_accuracy
 
@@ -43,31 +45,6 @@ DEFAULT_SAMPLES = 6
 IMAGE_PANEL = (2.0, 2.3)
 
 
-def _method_label(store: xr.Dataset) -> str:
-    """The store's method, with its corruption and severity for an out-of-distribution store (``ft, fog 5``)."""
-    severity = int(store.attrs.get(schema.ATTR_SEVERITY, 0))
-    shift = f", {store.attrs[schema.ATTR_CORRUPTION]} {severity}" if severity else ""
-    return f"{store.attrs[schema.ATTR_METHOD]}{shift}"
-
-
-def align_samples(stores: Sequence[xr.Dataset]) -> list[xr.Dataset]:
-    """Every store in the first one's sample order.
-
-    Raises:
-        StoreError: if the stores do not hold the same sample ids.
-    """
-    ids = stores[0].indexes[schema.SAMPLE]
-    aligned = []
-    for store in stores:
-        if not store.indexes[schema.SAMPLE].equals(ids):
-            if set(store.indexes[schema.SAMPLE]) != set(ids):
-                raise StoreError(f"the stores of {_method_label(stores[0])} and {_method_label(store)} hold "
-                                 "different samples; a gallery needs the same samples in every store")
-            store = store.sel({schema.SAMPLE: ids})
-        aligned.append(store)
-    return aligned
-
-
 def _column(scores: xr.Dataset, explainer: str | None, policy: str) -> dict[str, object]:
     """The (explainer, start layer) selection of one store's heatmaps (StoreError if it has no such explainer)."""
     return {schema.EXPLAINER: store_explainer(scores, explainer), schema.START_LAYER: policy_start_layer(policy, scores)}
@@ -75,12 +52,14 @@ def _column(scores: xr.Dataset, explainer: str | None, policy: str) -> dict[str,
 
 def outcomes(stores: Sequence[xr.Dataset], explainer: str | None = None, policy: str = "paper",
              threshold: float = DEFAULT_THRESHOLD, undefined: UndefinedPolicy = "invalid") -> np.ndarray:
-    """:class:`~rationality.scoring.metrics.Outcome` codes [store, sample] of aligned scores stores."""
+    """:class:`~rationality.scoring.metrics.Outcome` codes [store, sample] of aligned scores stores, by their
+    primary metric at ``threshold``."""
+    views = [metric_view(s) for s in stores]
     return np.stack([
-        outcome_codes(s[schema.RMA].sel(_column(s, explainer, policy)).values,
-                      s[schema.EDGE_CASE].sel(_column(s, explainer, policy)).values,
-                      s[schema.CORRECT].values, threshold, undefined)
-        for s in stores])
+        outcome_codes(v[schema.SCORE].sel(_column(s, explainer, policy)).values,
+                      v[schema.EDGE_CASE].sel(_column(s, explainer, policy)).values,
+                      s[schema.CORRECT].values, threshold, undefined, **evidence_rule(primary_metric(s)))
+        for s, v in zip(stores, views)])
 
 
 def round_robin(ids: np.ndarray, labels: np.ndarray) -> list[str]:
@@ -105,7 +84,7 @@ def select_samples(stores: Sequence[xr.Dataset], selection: str = "all_correct",
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    aligned = align_samples(stores)
+    aligned = align_samples(stores, "a gallery")
     for store in aligned:
         store_explainer(store, explainer)
     if selection == "all_correct":
@@ -152,7 +131,7 @@ def gallery_figure(pairs: Sequence[tuple[xr.Dataset, xr.Dataset]], masks: xr.Dat
     """
     if not sample_ids:
         return empty_figure(f"no sample matches the selection '{selection}'")
-    scores = align_samples([s for s, _ in pairs])
+    scores = align_samples([s for s, _ in pairs], "a gallery")
     codes = outcomes(scores, explainer, policy, threshold, undefined)
     position = {str(i): k for k, i in enumerate(scores[0].indexes[schema.SAMPLE])}
     class_names = pairs[0][1].coords[schema.CLASS].values
@@ -166,12 +145,12 @@ def gallery_figure(pairs: Sequence[tuple[xr.Dataset, xr.Dataset]], masks: xr.Dat
             column = _column(s, explainer, policy)
             draw_overlay(ax, cache[schema.HEATMAP].sel({schema.SAMPLE: sample_id, **column}).values, mask,
                          images.get(sample_id))
-            rma = float(s[schema.RMA].sel({schema.SAMPLE: sample_id, **column}))
+            value = float(metric_view(s)[schema.SCORE].sel({schema.SAMPLE: sample_id, **column}))
             outcome = outcome_names(codes[m, position[sample_id]])
-            ax.set_xlabel(f"{outcome} · RMA {rma:.2f}", fontsize="small")
+            ax.set_xlabel(f"{outcome} · {metric_class(primary_metric(s)).title} {value:.2f}", fontsize="small")
     axes[0, 0].set_title("image", fontsize="medium")
     for ax, (s, _) in zip(axes[0, 1:], pairs):
-        ax.set_title(f"{_method_label(s)} (s={_column(s, explainer, policy)[schema.START_LAYER]})", fontsize="medium")
+        ax.set_title(f"{method_label(s)} (s={_column(s, explainer, policy)[schema.START_LAYER]})", fontsize="medium")
     first = scores[0]
     figure.suptitle(f"{first.attrs[schema.ATTR_MODEL]} on {first.attrs[schema.ATTR_DATASET]}: {selection} "
                     f"(threshold {threshold:g}, start layer: {policy})", fontsize="medium")
@@ -218,7 +197,7 @@ def show_figure(caches: Sequence[xr.Dataset], masks: xr.Dataset, sample_id: str,
         label, prediction = int(sample[schema.LABEL]), int(np.argmax(sample[schema.LOGITS].values))
         names = cache.coords[schema.CLASS].values
         verdict = "correct" if prediction == label else f"wrong: {names[prediction]}"
-        axes[0, c].set_title(f"{_method_label(cache)}\n{names[label]} ({verdict})", fontsize="medium")
+        axes[0, c].set_title(f"{method_label(cache)}\n{names[label]} ({verdict})", fontsize="medium")
         for r, (explainer, policy) in enumerate(rows):
             ax = axes[r, c]
             layer = policy_start_layer(policy, cache)

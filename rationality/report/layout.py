@@ -3,7 +3,8 @@
 One set of tables per runs grid (a config's ``runs`` entry: models x datasets x methods; the paper's
 Tables 1 and 2 are one grid, its Table 4 another): rows are (method, model), columns the grid's
 datasets plus ``avg``, the mean of the method over **all** its models x datasets, as the paper's Avg
-column (Table 4: zero-shot accuracy 64.15 is the mean of its 8 cells). ``avg`` is NaN unless every
+column (Table 4: zero-shot accuracy 64.15 is the mean of its 8 cells); a cell of a method trained
+with several seeds is the mean over the seeds. ``avg`` is NaN unless every
 cell has a value, so averages compare like with like. One table for accuracy, and one per (explainer,
 start-layer policy) for PT and for IR. Only clean rows (severity 0) of
 :func:`~rationality.report.tables.rationality_table` enter.
@@ -97,12 +98,13 @@ def mark_best(values: pd.Series, digits: int = DEFAULT_DIGITS, marks: Sequence[s
 
 def _table(rows: pd.DataFrame, grid: Grid, index: int, metric: str, explainer: str | None, policy: str | None,
            digits: int, several: bool) -> PaperTable:
-    duplicated = rows[rows.duplicated(["model", "dataset", "method"], keep=False)]
+    keys = ["model", "dataset", "method"] + (["seed"] if "seed" in rows else [])
+    duplicated = rows[rows.duplicated(keys, keep=False)]
     if len(duplicated):
         raise ValueError(f"several rows for (model, dataset, method) "
                          f"{sorted(set(zip(duplicated.model, duplicated.dataset, duplicated.method)))}; "
                          f"give each store once")
-    cells = rows.set_index(["method", "model", "dataset"])[metric].astype(np.float64)
+    cells = rows.groupby(["method", "model", "dataset"], sort=False)[metric].mean().astype(np.float64)  # over seeds
     order = pd.MultiIndex.from_product([grid.methods, grid.models], names=["method", "model"])
     values = cells.unstack("dataset").reindex(index=order, columns=list(grid.datasets))
     values.columns.name = None

@@ -1,7 +1,7 @@
 """How a table or figure was made: the options that change its values, written with it and read back.
 
 Tables hold them as columns: ``threshold``, ``undefined_policy`` and ``normalization`` (and, for the
-bootstrap table, ``resamples``, ``seed``, ``confidence``). Figures hold them as PNG text chunks
+resampled tables, ``resamples``, ``bootstrap_seed``, ``confidence``). Figures hold them as PNG text chunks
 ``rationality:<key>``: the same keys where they apply, and ``start_layer_policy`` and ``explainer``
 for figures that show one of each. :func:`read_made_with` reads either kind back, so that the
 workflow's report captions describe the file they caption, whatever the config says now.
@@ -19,7 +19,7 @@ from rationality import schema
 #: Prefix of the PNG text keys this package writes.
 PNG_PREFIX = "rationality:"
 #: The columns a table's made-with values are read from (each holding one value).
-TABLE_KEYS = ("threshold", "undefined_policy", "normalization", "resamples", "seed", "confidence")
+TABLE_KEYS = ("threshold", "undefined_policy", "normalization", "resamples", "bootstrap_seed", "confidence")
 
 
 def as_text(value: object) -> str:

@@ -28,7 +28,10 @@ from rationality.report.figures import (
     empty_figure, method_colors, method_legend, panel_figure, ratio_axes, save_figure,
 )
 from rationality.report.made_with import scoring_normalization
-from rationality.report.tables import METRIC_LABELS, open_scores, policy_start_layer, store_explainer
+from rationality.report.tables import (
+    METRIC_LABELS, metric_view, open_scores, policy_start_layer, primary_metric, store_explainer,
+)
+from rationality.scoring.localisation import evidence_rule
 from rationality.scoring.metrics import DEFAULT_THRESHOLD, UndefinedPolicy, rationality_metrics
 
 OOD_METRICS = ("accuracy", "pt", "ir")
@@ -40,8 +43,10 @@ def _metrics(scores: xr.Dataset, explainer: str | None, policy: str, threshold: 
     explainer = store_explainer(scores, explainer)
     layer = policy_start_layer(policy, scores)
     column = {schema.EXPLAINER: explainer, schema.START_LAYER: layer}
-    metrics = rationality_metrics(scores[schema.RMA].sel(column).values, scores[schema.EDGE_CASE].sel(column).values,
-                                  scores[schema.CORRECT].values, threshold, undefined)
+    view = metric_view(scores)
+    metrics = rationality_metrics(view[schema.SCORE].sel(column).values, view[schema.EDGE_CASE].sel(column).values,
+                                  scores[schema.CORRECT].values, threshold, undefined,
+                                  **evidence_rule(primary_metric(scores)))
     return {name: getattr(metrics, name) for name in OOD_METRICS}
 
 
@@ -57,6 +62,7 @@ def ood_table(stores: Sequence[xr.Dataset], explainer: str | None = None, policy
         stores: scores stores, clean (severity 0) and out-of-distribution ones, in any order.
         explainer: whose heatmaps (default: each store's first explainer).
         policy: start-layer policy (see :mod:`rationality.report.tables`).
+        threshold: the primary metric's (see :mod:`rationality.report.tables`).
 
     Returns:
         Columns :data:`OOD_COLUMNS` (``clean_dataset``: the dataset of the severity-0 store, the set's

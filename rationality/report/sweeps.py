@@ -1,4 +1,4 @@
-"""PT and IR as curves over the RMA threshold and over the start layer, from scores stores.
+"""PT and IR as curves over the RMA threshold (the primary metric's) and over the start layer, from scores stores.
 
 The threshold sweep sorts each column's defined RMA once, split by correct and wrong predictions;
 the number of valid samples at every threshold t is then a binary search (``searchsorted``), so a
@@ -27,8 +27,11 @@ from rationality.report.figures import (
     method_colors, method_legend, panel_figure, ratio_axes, save_figure,
 )
 from rationality.report.made_with import scoring_normalization
-from rationality.report.tables import METRIC_LABELS, open_scores, policy_start_layer
-from rationality.scoring.metrics import DEFAULT_THRESHOLD, UNDEFINED_POLICIES, UndefinedPolicy, rationality_metrics
+from rationality.report.tables import METRIC_LABELS, metric_view, open_scores, policy_start_layer, primary_metric
+from rationality.scoring.localisation import evidence_rule, metric_class
+from rationality.scoring.metrics import (
+    DEFAULT_THRESHOLD, UNDEFINED_POLICIES, Direction, UndefinedPolicy, rationality_metrics,
+)
 
 #: The thresholds of the sweep figure: 0, 0.005, ..., 1.
 DEFAULT_THRESHOLDS = np.linspace(0.0, 1.0, 201)
@@ -36,7 +39,7 @@ SWEEP_METRICS = ("pt", "ir")
 
 
 def threshold_curves(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, thresholds: np.ndarray,
-                     undefined: UndefinedPolicy = "invalid") -> tuple[np.ndarray, np.ndarray]:
+                     undefined: UndefinedPolicy = "invalid", direction: Direction = "higher") -> tuple[np.ndarray, np.ndarray]:
     """PT and IR of one set of samples at every threshold.
 
     Args:
@@ -45,6 +48,7 @@ def threshold_curves(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray
         correct: [n] bool.
         thresholds: [T].
         undefined: policy for samples with undefined RMA.
+        direction: ``higher`` (valid at ``rma >= t``) or ``lower`` (valid at ``rma <= t``).
 
     Returns:
         (pt [T], ir [T]) float64, NaN where a ratio is 0/0.
@@ -52,6 +56,8 @@ def threshold_curves(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray
     if undefined not in UNDEFINED_POLICIES:
         raise ValueError(f"undefined policy must be one of {UNDEFINED_POLICIES}, got {undefined!r}")
     rma, correct = np.asarray(rma), np.asarray(correct, dtype=bool)
+    if direction == "lower":  # valid at rma <= t: the same count on negated values
+        rma, thresholds = -rma, -np.asarray(thresholds)
     defined = np.asarray(edge_case) == schema.EdgeCase.OK
     right, wrong = np.sort(rma[defined & correct]), np.sort(rma[defined & ~correct])
     t = np.asarray(thresholds, dtype=rma.dtype)
@@ -98,12 +104,14 @@ def threshold_sweep(stores: Sequence[xr.Dataset], policy: str = "paper", undefin
     frames = []
     for scores, label in zip(stores, _labels(stores)):
         layer = policy_start_layer(policy, scores)
-        rma, edge = scores[schema.RMA].isel({schema.START_LAYER: layer}), scores[schema.EDGE_CASE].isel(
-            {schema.START_LAYER: layer})
+        view = metric_view(scores).isel({schema.START_LAYER: layer})
+        rma, edge = view[schema.SCORE], view[schema.EDGE_CASE]
         correct = scores[schema.CORRECT].values
+        direction = metric_class(primary_metric(scores)).direction
         for explainer in (str(e) for e in scores.coords[schema.EXPLAINER].values):
             pt, ir = threshold_curves(rma.sel({schema.EXPLAINER: explainer}).values,
-                                      edge.sel({schema.EXPLAINER: explainer}).values, correct, thresholds, undefined)
+                                      edge.sel({schema.EXPLAINER: explainer}).values, correct, thresholds, undefined,
+                                      direction)
             frames.append(pd.DataFrame({"label": label, "explainer": explainer, "start_layer": layer,
                                         "threshold": np.asarray(thresholds, dtype=np.float64), "pt": pt, "ir": ir}))
     return pd.concat(frames, ignore_index=True)
@@ -118,12 +126,14 @@ def start_layer_sweep(stores: Sequence[xr.Dataset], threshold: float = DEFAULT_T
     """
     rows = []
     for scores, label in zip(stores, _labels(stores)):
-        rma, edge = scores[schema.RMA].values, scores[schema.EDGE_CASE].values
+        view = metric_view(scores)
+        rma, edge = view[schema.SCORE].values, view[schema.EDGE_CASE].values
         correct = scores[schema.CORRECT].values
         paper = policy_start_layer("paper", scores)
+        rule = evidence_rule(primary_metric(scores))
         for e, explainer in enumerate(str(x) for x in scores.coords[schema.EXPLAINER].values):
             for s, layer in enumerate(int(x) for x in scores.coords[schema.START_LAYER].values):
-                metrics = rationality_metrics(rma[:, e, s], edge[:, e, s], correct, threshold, undefined)
+                metrics = rationality_metrics(rma[:, e, s], edge[:, e, s], correct, threshold, undefined, **rule)
                 rows.append({"label": label, "explainer": explainer, "start_layer": layer, "paper": layer == paper,
                              "pt": metrics.pt, "ir": metrics.ir})
     return pd.DataFrame(rows)
@@ -150,11 +160,15 @@ def _curve_figure(curves: pd.DataFrame, labels: list[str], explainers: list[str]
 
 
 def threshold_figure(stores: Sequence[xr.Dataset], policy: str = "paper", undefined: UndefinedPolicy = "invalid",
-                     thresholds: np.ndarray = DEFAULT_THRESHOLDS) -> Figure:
-    """PT and IR over the RMA threshold, lines per method (label = the store's method), rows per explainer."""
+                     thresholds: np.ndarray | None = None) -> Figure:
+    """PT and IR over the primary metric's threshold, lines per method (label = the store's method), rows per
+    explainer; thresholds default to 201 steps over the metric's score range (0-1 for RMA)."""
+    metric = metric_class(primary_metric(stores[0]))
+    thresholds = np.linspace(*metric.score_range, len(DEFAULT_THRESHOLDS)) if thresholds is None else thresholds
     curves = threshold_sweep(stores, policy, undefined, thresholds)
-    figure, axes = _curve_figure(curves, _labels(stores), _explainers(stores), "threshold", "RMA threshold",
-                                 f"{_suptitle(stores)}: PT and IR over the RMA threshold (start layer: {policy})")
+    figure, axes = _curve_figure(curves, _labels(stores), _explainers(stores), "threshold", f"{metric.title} threshold",
+                                 f"{_suptitle(stores)}: PT and IR over the {metric.title} threshold "
+                                 f"(start layer: {policy})")
     for ax in axes.flat:
         ax.set_xlim(float(np.min(thresholds)), float(np.max(thresholds)))
     return figure

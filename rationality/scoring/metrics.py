@@ -1,6 +1,8 @@
-"""From per-sample RMA to valid evidence, quadrants, PT, IR and accuracy (pure numpy kernels).
+"""From per-sample RMA (or another localisation score) to valid evidence, quadrants, PT, IR and accuracy
+(pure numpy kernels).
 
-* valid evidence: RMA >= threshold;
+* valid evidence: RMA >= threshold (for a localisation metric whose direction is ``lower``, score <=
+  threshold; see :mod:`rationality.scoring.localisation`);
 * quadrants: RR (correct, valid), RW (correct, invalid), WR (wrong, valid), WW (wrong, invalid);
 * Prediction Trustworthiness PT = RR / (RR + RW): of the correct predictions, the share on valid evidence;
 * Inference Reliability IR = RR / (RR + WR): of the samples with valid evidence, the share predicted right;
@@ -35,6 +37,7 @@ from rationality.schema import EdgeCase
 UndefinedPolicy = Literal["invalid", "valid", "exclude", "paper_code"]
 UNDEFINED_POLICIES: tuple[str, ...] = ("invalid", "valid", "exclude", "paper_code")
 DEFAULT_THRESHOLD = 0.5
+Direction = Literal["higher", "lower"]
 
 
 @dataclass(frozen=True)
@@ -68,16 +71,19 @@ class Outcome(enum.IntEnum):
     EXCLUDED_WRONG = 5  # wrong prediction, undefined RMA, excluded from the quadrants
 
 
-def check_threshold(threshold: float) -> float:
-    """``threshold`` if it is a finite number in [0, 1]; ValueError otherwise (NaN would pass no sample)."""
+def check_threshold(threshold: float, bounds: tuple[float, float] = (0.0, 1.0)) -> float:
+    """``threshold`` if it is a finite number within ``bounds`` (RMA's: [0, 1]); ValueError otherwise (NaN
+    would pass no sample)."""
+    low, high = bounds
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not (
-            math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-        raise ValueError(f"threshold must be a finite number in [0, 1], got {threshold!r}")
+            math.isfinite(threshold) and low <= threshold <= high):
+        raise ValueError(f"threshold must be a finite number in [{low:g}, {high:g}], got {threshold!r}")
     return float(threshold)
 
 
 def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, threshold: float,
-                  undefined: UndefinedPolicy = "invalid") -> np.ndarray:
+                  undefined: UndefinedPolicy = "invalid", direction: Direction = "higher",
+                  bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Per-sample :class:`Outcome` codes.
 
     Args:
@@ -87,14 +93,17 @@ def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, t
         threshold: RMA at or above which evidence is valid, in [0, 1].
         undefined: policy for samples with undefined RMA (``invalid``, ``valid``, ``exclude``,
             ``paper_code``; see the module docstring).
+        direction: ``higher``: valid at ``rma >= threshold``; ``lower``: at ``rma <= threshold``.
+        bounds: the thresholds the metric allows (RMA's: [0, 1]; see
+            :func:`~rationality.scoring.localisation.evidence_rule`).
 
     Returns:
         int8 [n, ...], the shape of ``rma``.
 
     Raises:
-        ValueError: for a threshold outside [0, 1] or not finite, or an unknown policy.
+        ValueError: for a threshold outside ``bounds`` or not finite, or an unknown policy.
     """
-    check_threshold(threshold)
+    check_threshold(threshold, bounds)
     if undefined not in UNDEFINED_POLICIES:
         raise ValueError(f"undefined policy must be one of {UNDEFINED_POLICIES}, got {undefined!r}")
     rma, edge_case = np.asarray(rma), np.asarray(edge_case)
@@ -102,6 +111,8 @@ def outcome_codes(rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray, t
     undefined_mask = edge_case != EdgeCase.OK
     # Compare in RMA's own precision: a float32 RMA of 0.7 is valid at threshold 0.7.
     threshold = np.asarray(threshold, dtype=rma.dtype)
+    if direction == "lower":  # valid at rma <= threshold: the same test on negated values
+        rma, threshold = -rma, -threshold
     if undefined == "paper_code":  # NaN counts as valid evidence; an empty mask is an RMA of 0
         undefined_valid = np.where(edge_case == EdgeCase.EMPTY_MASK, threshold <= 0, True)
     else:
@@ -126,7 +137,8 @@ def _ratio(numerator: int, denominator: int) -> float:
 
 def rationality_metrics(
     rma: np.ndarray, edge_case: np.ndarray, correct: np.ndarray,
-    threshold: float = DEFAULT_THRESHOLD, undefined: UndefinedPolicy = "invalid",
+    threshold: float = DEFAULT_THRESHOLD, undefined: UndefinedPolicy = "invalid", direction: Direction = "higher",
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> RationalityMetrics:
     """Quadrants, PT, IR and accuracy for one set of samples.
 
@@ -136,11 +148,13 @@ def rationality_metrics(
         correct: [n] bool, prediction == label.
         threshold: RMA at or above which evidence is valid.
         undefined: policy for samples with undefined RMA.
+        direction, bounds: see :func:`outcome_codes`.
     """
     rma, edge_case, correct = np.asarray(rma), np.asarray(edge_case), np.asarray(correct, dtype=bool)
     if not (rma.shape == edge_case.shape == correct.shape and rma.ndim == 1):
         raise ValueError(f"rma, edge_case and correct must be [n], got {rma.shape}, {edge_case.shape}, {correct.shape}")
-    counts = np.bincount(outcome_codes(rma, edge_case, correct, threshold, undefined), minlength=len(Outcome))
+    counts = np.bincount(outcome_codes(rma, edge_case, correct, threshold, undefined, direction, bounds),
+                         minlength=len(Outcome))
     rr, rw, wr, ww = (int(counts[outcome]) for outcome in (Outcome.RR, Outcome.RW, Outcome.WR, Outcome.WW))
     return RationalityMetrics(
         accuracy=_ratio(int(correct.sum()), len(correct)), pt=_ratio(rr, rr + rw), ir=_ratio(rr, rr + wr),

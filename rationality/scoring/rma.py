@@ -89,6 +89,26 @@ class MaskProjector:
         u_y, u_x = self._u_y.astype(np.float32), self._u_x.astype(np.float32)
         return np.matmul(u_y.T, np.matmul(masks.astype(np.float32), u_x)).astype(np.float64)
 
+    def project_boxes(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """U_yᵀ B U_x of each mask's bounding box B: ([n, gy, gx] float64, areas [n] int64).
+
+        A box is separable, B = b_y b_xᵀ with b_y, b_x the rows and columns it spans, so its projection
+        is the outer product of (U_yᵀ b_y) and (U_xᵀ b_x). An empty mask has an empty box (zeros).
+        """
+        masks = np.asarray(masks, dtype=bool)
+        spans = []
+        for axis, matrix in ((2, self._u_y), (1, self._u_x)):
+            present = masks.any(axis=axis)  # [n, Y] rows (or [n, X] columns) holding object pixels
+            inside = (np.cumsum(present, axis=1) > 0) & (np.cumsum(present[:, ::-1], axis=1)[:, ::-1] > 0)
+            spans.append((inside @ matrix, inside.sum(axis=1)))
+        (rows, height), (columns, width) = spans
+        return rows[:, :, None] * columns[:, None, :], height * width
+
+    @property
+    def matrices(self) -> tuple[np.ndarray, np.ndarray]:
+        """(U_y [Y, gy], U_x [X, gx]): up(H) = U_y H U_xᵀ."""
+        return self._u_y, self._u_x
+
     @property
     def ones(self) -> np.ndarray:
         """U_yᵀ 1 U_x [gy, gx]: each grid cell's weight in sum(up(H))."""

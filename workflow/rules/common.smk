@@ -20,7 +20,11 @@ from rationality.config import (
     ood_runs,
     pretrained_path,
     run_grids,
+    run_method,
+    run_seed,
+    run_seeds,
     run_triples,
+    seed_triples,
     validate_config,
 )
 from rationality.errors import ConfigError
@@ -73,7 +77,7 @@ wildcard_constraints:
     ood=_names("ood"),
     corruption=_corruptions(),
     severity=r"[0-5]",
-    method=_alternatives([*config["methods"], *(run[2] for run in ablation_triples(config))]),
+    method=_alternatives([*config["methods"], *(run[2] for run in [*ablation_triples(config), *seed_triples(config)])]),
     ablation=_names("ablations"),
     synthetic=_names("synthetic") or "$^",
     geometry=r"r\d+c\d+",
@@ -196,16 +200,37 @@ def model_grid(model):
     return f"{side}x{side}"
 
 
-def projections_for_cache(wildcards):
-    """The test split's mask projections; an out-of-distribution set's are its own (same masks as its
-    clean dataset's, unless ImageNet-C's pre-crop frames them differently)."""
+def masks_for_cache(wildcards):
+    """The test split's mask store in the model's geometry; an out-of-distribution set's is its own (same
+    masks as its clean dataset's, unless ImageNet-C's pre-crop frames them differently)."""
     name = getattr(wildcards, "ood", None) or wildcards.dataset
-    return (f"results/masks/{name}/{clean_dataset(name)['test_split']}-{model_geometry(wildcards.model)}"
-            f"-grid{model_grid(wildcards.model)}.zarr")
+    return f"results/masks/{name}/{clean_dataset(name)['test_split']}-{model_geometry(wildcards.model)}.zarr"
+
+
+def projections_for_cache(wildcards):
+    """The projections of :func:`masks_for_cache` onto the model's token grid."""
+    return masks_for_cache(wildcards).removesuffix(".zarr") + f"-grid{model_grid(wildcards.model)}.zarr"
 
 
 def all_scores():
-    return [SCORES.format(model=model, dataset=dataset, method=method) for model, dataset, method in run_triples(config)]
+    """The scores stores of the runs grids, and of their runs with the extra seeds."""
+    return [SCORES.format(model=model, dataset=dataset, method=method)
+            for model, dataset, method in [*run_triples(config), *seed_triples(config)]]
+
+
+def metric_thresholds():
+    """The other metrics' thresholds, for every table and figure that applies one (`--metric-thresholds`)."""
+    return as_json(config["scoring"]["thresholds"])
+
+
+def train_seed(wildcards):
+    """The seed of a run: the first of ``seeds`` (or ``seed``), or an extra seed's run's own."""
+    return run_seed(config, wildcards.method)
+
+
+def store_method_name(wildcards):
+    """The method name a run's stores record: ``lp`` for the run ``lp@seed1`` (the store records its seed)."""
+    return run_method(config, wildcards.method)
 
 
 def all_ood_scores():

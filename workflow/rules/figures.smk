@@ -14,6 +14,10 @@ ood_figure          out-of-distribution scores of a model, severity 0 (none-s0) 
                     (the paper's Figure 4), a line per method averaged over the corruptions
 ood_figure_per_corruption  the same -> results/figures/ood_{model}_per_corruption.png: a row per
                     corruption
+paired_figure       results/tables/paired.csv -> results/figures/paired_{model}_{dataset}.png: Δaccuracy,
+                    ΔPT, ΔIR from zero-shot with paired intervals, per run and start-layer policy
+claims_figure       results/tables/claims.csv -> results/figures/claims.png: where each of the paper's
+                    claims holds, per run and metric
 tables_and_figures  every table and figure of the grid, what the default target (the root Snakefile's
                     `all`) builds: `snakemake --cores 8`, then `snakemake --report results/report.html`
 """
@@ -63,7 +67,9 @@ def all_figures():
                 if kinds.count("zero_shot") == 1 and len(kinds) > 1]
     figures += [f"results/figures/ood_{model}{layout}.png" for model in dict.fromkeys(run[0] for run in ood_runs(config))
                 for layout in ("", "_per_corruption")]
-    return figures
+    figures += [f"results/figures/paired_{model}_{dataset}.png" for (model, dataset), kinds in runs.items()
+                if kinds.count("zero_shot") == 1 and len(kinds) > 1]
+    return figures + ["results/figures/claims.png"]
 
 
 rule threshold_figure:
@@ -96,6 +102,7 @@ rule start_layer_figure:
                labels=made_with_labels(model="{model}", dataset="{dataset}")),
     params:
         threshold=config["threshold"],
+        thresholds=metric_thresholds(),
         undefined=config["undefined_policy"],
     log:
         "results/logs/figures/start_layer_{model}_{dataset}.log",
@@ -106,8 +113,8 @@ rule start_layer_figure:
         mem_mb=stage_mem_mb("report"),
         runtime=stage_runtime("report"),
     shell:
-        "rationality figure start-layer {input:q} --threshold {params.threshold} --undefined {params.undefined}"
-        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "rationality figure start-layer {input:q} --threshold {params.threshold}"
+        " --metric-thresholds {params.thresholds:q} --undefined {params.undefined} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule gallery:
@@ -124,6 +131,7 @@ rule gallery:
         selection="all_correct",
         samples=GALLERY_SAMPLES,
         threshold=config["threshold"],
+        thresholds=metric_thresholds(),
         undefined=config["undefined_policy"],
     log:
         "results/logs/figures/gallery_{model}_{dataset}.log",
@@ -136,7 +144,7 @@ rule gallery:
     shell:
         "rationality figure gallery --scores {input.scores:q} --cache {input.caches:q} --masks {input.masks:q}"
         " --selection {params.selection} --samples {params.samples} --threshold {params.threshold}"
-        " --undefined {params.undefined} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --metric-thresholds {params.thresholds:q} --undefined {params.undefined} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 use rule gallery as gallery_changed with:
@@ -148,6 +156,7 @@ use rule gallery as gallery_changed with:
         selection="changed",
         samples=GALLERY_SAMPLES,
         threshold=config["threshold"],
+        thresholds=metric_thresholds(),
         undefined=config["undefined_policy"],
     log:
         "results/logs/figures/gallery_{model}_{dataset}_changed.log",
@@ -163,6 +172,7 @@ rule ood_figure:
                subcategory="Corruption severity", labels=made_with_labels(model="{model}", corruptions="mean")),
     params:
         threshold=config["threshold"],
+        thresholds=metric_thresholds(),
         undefined=config["undefined_policy"],
         layout="",
     log:
@@ -174,8 +184,8 @@ rule ood_figure:
         mem_mb=stage_mem_mb("report"),
         runtime=stage_runtime("report"),
     shell:
-        "rationality figure ood {input:q} --threshold {params.threshold} --undefined {params.undefined}"
-        " {params.layout} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "rationality figure ood {input:q} --threshold {params.threshold} --metric-thresholds {params.thresholds:q}"
+        " --undefined {params.undefined} {params.layout} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 use rule ood_figure as ood_figure_per_corruption with:
@@ -185,6 +195,7 @@ use rule ood_figure as ood_figure_per_corruption with:
                labels=made_with_labels(model="{model}", corruptions="each")),
     params:
         threshold=config["threshold"],
+        thresholds=metric_thresholds(),
         undefined=config["undefined_policy"],
         layout="--per-corruption",
     log:
@@ -193,10 +204,50 @@ use rule ood_figure as ood_figure_per_corruption with:
         "results/benchmarks/figures/ood_{model}_per_corruption.tsv"
 
 
+rule paired_figure:
+    input:
+        rules.paired_table.output,
+    output:
+        report("results/figures/paired_{model}_{dataset}.png", caption="../report/paired_figure.rst",
+               category="Figures", subcategory="Paired differences", labels={"model": "{model}", "dataset": "{dataset}"}),
+    log:
+        "results/logs/figures/paired_{model}_{dataset}.log",
+    benchmark:
+        "results/benchmarks/figures/paired_{model}_{dataset}.tsv"
+    threads: stage_threads("report")
+    resources:
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
+    shell:
+        "rationality figure paired {input:q} --model {wildcards.model} --dataset {wildcards.dataset}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule claims_figure:
+    input:
+        rules.claims_table.output,
+    output:
+        report("results/figures/claims.png", caption="../report/claims.rst", category="Figures",
+               subcategory="Claims"),
+    log:
+        "results/logs/figures/claims.log",
+    benchmark:
+        "results/benchmarks/figures/claims.tsv"
+    threads: stage_threads("report")
+    resources:
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
+    shell:
+        "rationality figure claims {input:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
 rule tables_and_figures:
     input:
         rules.pt_ir_table.output,
         rules.bootstrap_table.output,
+        rules.paired_table.output,
+        rules.claims_table.output,
+        rules.seeds_table.output if len(run_seeds(config)) > 1 else [],
         rules.ood_table.output if config["ood"] else [],
         all_ablation_tables(),
         all_figures(),

@@ -24,6 +24,7 @@ rule infer:
         split=test_split,
         explainers=config["explainers"],
         precision=config["infer"]["precision"],
+        method_name=store_method_name,
     log:
         "results/logs/infer/{model}/{dataset}/{method}.log",
     benchmark:
@@ -41,7 +42,8 @@ rule infer:
         "rationality infer --checkpoint {input.checkpoint:q}"
         " --dataset-name {wildcards.dataset} --dataset {params.dataset:q} --split {params.split:q}"
         " --explainers {params.explainers} --batch-size {resources.batch_size} --device {resources.device}"
-        " --num-workers {resources.num_workers} --precision {params.precision} --model-name {wildcards.model} --method-name {wildcards.method}"
+        " --num-workers {resources.num_workers} --precision {params.precision} --model-name {wildcards.model}"
+        " --method-name {params.method_name:q}"
         " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 

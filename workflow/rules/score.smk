@@ -1,9 +1,11 @@
 """The CPU stage (no model runs).
 
-project_masks   masks -> results/masks/{dataset}/{split}-{geometry}-grid{grid}.zarr: each mask
-                projected onto the token grid once (scoring then reads gy*gx numbers per sample)
-score   cache + mask projections -> results/scores/{model}/{dataset}/{method}.zarr:
-        rma and edge_case (sample, explainer, start_layer), label, prediction, correct (sample).
+project_masks   masks -> results/masks/{dataset}/{split}-{geometry}-grid{grid}.zarr: each mask and its
+                bounding box projected onto the token grid once (the linear metrics then read gy*gx
+                numbers per sample)
+score   cache + masks + their projections -> results/scores/{model}/{dataset}/{method}.zarr:
+        score and edge_case (sample, normalization, metric, explainer, start_layer) for every metric of
+        scoring.metrics under both normalisations, label, prediction, correct (sample).
         Only the scoring options are params: a new threshold never re-runs it.
 score_ood   the same for results/cache/{model}/{ood}/{method}/{corruption}-s{severity}.zarr
         -> results/scores/{model}/{ood}/{method}/{corruption}-s{severity}.zarr.
@@ -30,11 +32,13 @@ rule project_masks:
 rule score:
     input:
         cache=CACHE,
-        masks=projections_for_cache,
+        masks=masks_for_cache,
+        projections=projections_for_cache,
     output:
         directory(SCORES),
     params:
         normalization=config["scoring"]["normalization"],
+        metrics=config["scoring"]["metrics"],
     log:
         "results/logs/score/{model}/{dataset}/{method}.log",
     benchmark:
@@ -44,18 +48,20 @@ rule score:
         mem_mb=stage_mem_mb("score"),
         runtime=stage_runtime("score"),
     shell:
-        "rationality score --cache {input.cache:q} --masks {input.masks:q}"
-        " --normalization {params.normalization} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "rationality score --cache {input.cache:q} --masks {input.masks:q} --projections {input.projections:q}"
+        " --normalization {params.normalization} --metrics {params.metrics} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule score_ood:
     input:
         cache=OOD_CACHE,
-        masks=projections_for_cache,
+        masks=masks_for_cache,
+        projections=projections_for_cache,
     output:
         directory(OOD_SCORES),
     params:
         normalization=config["scoring"]["normalization"],
+        metrics=config["scoring"]["metrics"],
     log:
         "results/logs/score/{model}/{ood}/{method}/{corruption}-s{severity}.log",
     benchmark:
@@ -65,5 +71,5 @@ rule score_ood:
         mem_mb=stage_mem_mb("score"),
         runtime=stage_runtime("score"),
     shell:
-        "rationality score --cache {input.cache:q} --masks {input.masks:q}"
-        " --normalization {params.normalization} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "rationality score --cache {input.cache:q} --masks {input.masks:q} --projections {input.projections:q}"
+        " --normalization {params.normalization} --metrics {params.metrics} --out {output:q} --threads {threads} > {log:q} 2>&1"

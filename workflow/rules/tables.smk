@@ -12,6 +12,15 @@ bootstrap_table  the same stores -> results/tables/bootstrap.csv: accuracy, PT a
 ood_table        every out-of-distribution scores store -> results/tables/ood.csv: the columns of
                  pt_ir.csv, one row per (model, set, corruption, severity, method, explainer, policy);
                  the clean rows (severity 0) are pt_ir.csv's.
+paired_table     the same stores -> results/tables/paired.csv: Δaccuracy, ΔPT, ΔIR of every run (each seed)
+                 from the zero-shot run of its model and dataset on the same samples, with paired
+                 bootstrap 95% intervals, per metric, explainer and start-layer policy.
+seeds_table      (with several `seeds`) the same stores -> results/tables/seeds.{csv,md}: accuracy, PT, IR
+                 mean ± sd over the seeds next to the pooled bootstrap intervals.
+claims_table     the same stores -> results/tables/claims.csv: the paper's claims (C1 PT lower, C2 IR
+                 higher, C3 accuracy higher than zero-shot) for every run, metric, threshold of the
+                 metric's grid, normalisation, explainer and start-layer policy: effect, interval,
+                 verdict. No threshold param: a new threshold never re-runs it.
 ablation_table   the scores stores of one `ablations` entry's runs (its setups' own runs,
                  <method>@<setup>, and the unchanged methods' runs) ->
                  results/tables/ablations/{ablation}.{csv,md,tex}: the paper's Table 3 layout (setups x
@@ -48,6 +57,7 @@ rule pt_ir_table:
         latex="results/tables/paper.tex",
     params:
         threshold=config["threshold"],
+        thresholds=metric_thresholds(),
         undefined=config["undefined_policy"],
         grids=as_json(run_grids(config)),
     log:
@@ -59,8 +69,8 @@ rule pt_ir_table:
         mem_mb=stage_mem_mb("report"),
         runtime=stage_runtime("report"),
     shell:
-        "rationality table {input:q} --threshold {params.threshold} --undefined {params.undefined}"
-        " --out {output.csv:q} --paper-csv {output.paper_csv:q} --markdown {output.markdown:q}"
+        "rationality table {input:q} --threshold {params.threshold} --metric-thresholds {params.thresholds:q}"
+        " --undefined {params.undefined} --out {output.csv:q} --paper-csv {output.paper_csv:q} --markdown {output.markdown:q}"
         " --latex {output.latex:q} --grids {params.grids:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -72,6 +82,7 @@ rule bootstrap_table:
                labels=made_with_labels(table="bootstrap.csv")),
     params:
         threshold=config["threshold"],
+        thresholds=metric_thresholds(),
         undefined=config["undefined_policy"],
         resamples=1000,
         seed=0,
@@ -84,8 +95,9 @@ rule bootstrap_table:
         mem_mb=stage_mem_mb("report"),
         runtime=stage_runtime("report"),
     shell:
-        "rationality bootstrap {input:q} --threshold {params.threshold} --undefined {params.undefined}"
-        " --resamples {params.resamples} --seed {params.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "rationality bootstrap {input:q} --threshold {params.threshold} --metric-thresholds {params.thresholds:q}"
+        " --undefined {params.undefined} --resamples {params.resamples} --seed {params.seed} --out {output:q}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 rule ood_table:
@@ -96,6 +108,7 @@ rule ood_table:
                labels=made_with_labels(table="ood.csv")),
     params:
         threshold=config["threshold"],
+        thresholds=metric_thresholds(),
         undefined=config["undefined_policy"],
     log:
         "results/logs/tables/ood.log",
@@ -106,8 +119,8 @@ rule ood_table:
         mem_mb=stage_mem_mb("report"),
         runtime=stage_runtime("report"),
     shell:
-        "rationality table {input:q} --threshold {params.threshold} --undefined {params.undefined}"
-        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "rationality table {input:q} --threshold {params.threshold} --metric-thresholds {params.thresholds:q}"
+        " --undefined {params.undefined} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule ablation_table:
@@ -121,16 +134,93 @@ rule ablation_table:
     params:
         layout=ablation_layout,
         threshold=config["threshold"],
+        thresholds=metric_thresholds(),
         undefined=config["undefined_policy"],
     log:
         "results/logs/tables/ablations/{ablation}.log",
     benchmark:
         "results/benchmarks/tables/ablations/{ablation}.tsv"
+    threads: stage_threads("report")
     resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
     shell:
         "rationality ablation-table {input:q} --layout {params.layout:q} --threshold {params.threshold}"
-        " --undefined {params.undefined} --out {output.csv:q} --markdown {output.markdown:q}"
+        " --metric-thresholds {params.thresholds:q} --undefined {params.undefined} --out {output.csv:q} --markdown {output.markdown:q}"
         " --latex {output.latex:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule paired_table:
+    input:
+        all_scores(),
+    output:
+        report("results/tables/paired.csv", caption="../report/paired.rst", category="Tables",
+               labels=made_with_labels(table="paired.csv")),
+    params:
+        threshold=config["threshold"],
+        thresholds=metric_thresholds(),
+        undefined=config["undefined_policy"],
+        resamples=1000,
+        seed=0,
+    log:
+        "results/logs/tables/paired.log",
+    benchmark:
+        "results/benchmarks/tables/paired.tsv"
+    threads: stage_threads("report")
+    resources:
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
+    shell:
+        "rationality paired {input:q} --threshold {params.threshold} --metric-thresholds {params.thresholds:q}"
+        " --undefined {params.undefined} --resamples {params.resamples} --seed {params.seed} --out {output:q}"
+        " --threads {threads} > {log:q} 2>&1"
+
+
+rule seeds_table:
+    input:
+        all_scores(),
+    output:
+        csv=report("results/tables/seeds.csv", caption="../report/seeds.rst", category="Tables",
+                   labels=made_with_labels(table="seeds.csv")),
+        markdown="results/tables/seeds.md",
+    params:
+        threshold=config["threshold"],
+        thresholds=metric_thresholds(),
+        undefined=config["undefined_policy"],
+        resamples=1000,
+        seed=0,
+    log:
+        "results/logs/tables/seeds.log",
+    benchmark:
+        "results/benchmarks/tables/seeds.tsv"
+    threads: stage_threads("report")
+    resources:
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
+    shell:
+        "rationality seeds {input:q} --threshold {params.threshold} --metric-thresholds {params.thresholds:q}"
+        " --undefined {params.undefined} --resamples {params.resamples} --seed {params.seed} --out {output.csv:q}"
+        " --markdown {output.markdown:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule claims_table:
+    input:
+        all_scores(),
+    output:
+        report("results/tables/claims.csv", caption="../report/claims_table.rst", category="Tables",
+               labels=made_with_labels(table="claims.csv")),
+    params:
+        undefined=config["undefined_policy"],
+        resamples=1000,
+        seed=0,
+    log:
+        "results/logs/tables/claims.log",
+    benchmark:
+        "results/benchmarks/tables/claims.tsv"
+    threads: stage_threads("report")
+    resources:
+        mem_mb=stage_mem_mb("report"),
+        runtime=stage_runtime("report"),
+    shell:
+        "rationality claims {input:q} --undefined {params.undefined} --resamples {params.resamples}"
+        " --seed {params.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -10,7 +10,8 @@ train   model + dataset (train split) + method -> results/checkpoints/{model}/{d
         resumes from its last finished epoch (train_state.pt in the same directory). With
         train.nproc_per_node > 1 the job runs under torchrun (DDP), one process per GPU; a method's
         batch_size larger than nproc_per_node x train.max_batch_per_step is accumulated over
-        micro-steps (the log says how each optimiser step is split).
+        micro-steps (the log says how each optimiser step is split). With `seeds: [a, b, ...]` every
+        trained method also runs as <method>@seed<b>, ... (the first seed keeps the method's name).
         Launcher, device and worker count are resources, not params: changing them re-runs nothing.
 """
 
@@ -56,7 +57,7 @@ rule train:
         dataset=dataset_spec,
         method=method_spec,
         split=train_split,
-        seed=config["seed"],
+        seed=train_seed,
         max_batch=max_batch_option,
         out=checkpoint_dir,
     log:
