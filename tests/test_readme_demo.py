@@ -120,3 +120,31 @@ def test_missing_tables_are_named(tmp_path: Path, capsys: pytest.CaptureFixture)
 def test_the_repository_readme_has_one_demo_block() -> None:
     text = (REPO / "README.md").read_text().split("\n")
     assert text.count(BEGIN) == 1 and text.count(END) == 1 and text.index(BEGIN) < text.index(END)
+
+
+def test_only_the_rma_rows_are_shown_when_the_tables_hold_several_metrics(tmp_path: Path) -> None:
+    """Tables with a metric column (one row per localisation metric) give the same block: RMA's rows."""
+    results = write_results(tmp_path / "results")
+    for name in ("pt_ir.csv", "bootstrap.csv"):
+        path = results / "tables" / name
+        table = pd.read_csv(path)
+        other = table.assign(metric="pointing_game", pt=0.99, pt_low=0.98, pt_high=1.0)
+        pd.concat([table.assign(metric="rma"), other]).to_csv(path, index=False)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\n{END}\n")
+    assert main([str(results), "--readme", str(readme)]) == 0
+    assert readme.read_text() == f"{BEGIN}\n{EXPECTED}\n{END}\n"
+
+
+def test_job_times_are_summed_per_rule_from_the_benchmark_files(tmp_path: Path) -> None:
+    results = write_results(tmp_path / "results")
+    for path, seconds in (("train/tiny-vit/demo/ft.tsv", 100.4), ("train/tiny-vit/demo/lp.tsv", 20.2),
+                          ("infer/tiny-vit/demo/ft.tsv", 7.0)):
+        (results / "benchmarks" / path).parent.mkdir(parents=True, exist_ok=True)
+        (results / "benchmarks" / path).write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:{int(seconds)}\t12.5\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\n{END}\n")
+    assert main([str(results), "--readme", str(readme)]) == 0
+    assert readme.read_text() == (
+        f"{BEGIN}\n{EXPECTED}\n\nJob time of the run these numbers come from (2 rules, 128 s summed over jobs; "
+        f"Snakemake's benchmark files): train 2 jobs, 121 s; infer 1 job, 7 s.\n{END}\n")

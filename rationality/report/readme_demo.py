@@ -9,7 +9,8 @@ default target) and the first line of every model job's log (``<results>/logs/{p
 which names torch's version, its threads and the CPU: the demo's numbers depend on them), and
 replaces the lines between :data:`BEGIN` and :data:`END` in the README with: a sentence on how the
 numbers were made, the table of every method of one model (accuracy, PT with its bootstrap interval,
-IR, quadrants), and the headline comparison of fine-tuning against zero-shot.
+IR, quadrants), the headline comparison of fine-tuning against zero-shot, and the time the jobs took
+per rule (``<results>/benchmarks/``, Snakemake's benchmark files of the run).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from rationality.errors import RationalityError
 
 BEGIN = "<!-- demo-table: written by `python -m rationality.report.readme_demo results/`; do not edit -->"
 END = "<!-- /demo-table -->"
-#: The model, explainer and start-layer policy the README shows.
-MODEL, EXPLAINER, POLICY = "tiny-vit", "generic_attention", "all_blocks"
+#: The model, explainer, start-layer policy and localisation metric the README shows.
+MODEL, EXPLAINER, POLICY, METRIC = "tiny-vit", "generic_attention", "all_blocks", "rma"
 #: How the README names each method kind (other kinds: the config's method name).
 KIND_NAMES = {"zero_shot": "zero-shot", "linear_probe": "linear probe", "finetune": "fine-tuning", "flcp": "FLCP",
               "coop": "CoOp", "tip_adapter_f": "Tip-Adapter-F"}
@@ -45,6 +46,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def _shown_rows(table: pd.DataFrame, path: Path, model: str) -> pd.DataFrame:
     """The clean rows of ``model`` for the README's explainer and policy, one per method, in table order."""
     rows = table[(table.model == model) & (table.explainer == EXPLAINER) & (table.start_layer_policy == POLICY)]
+    if "metric" in rows:
+        rows = rows[rows.metric == METRIC]
     if rows.empty:
         raise RationalityError(f"{path}: no rows for model {model}, explainer {EXPLAINER} and start-layer policy "
                                f"{POLICY} (models in the table: {sorted(table.model.unique())})")
@@ -67,6 +70,21 @@ def job_settings(results: Path, model: str) -> list[str]:
             if match:
                 settings.append(match.group(1))
     return list(dict.fromkeys(settings))
+
+
+def job_times(results: Path) -> str:
+    """One sentence: the run's jobs per rule and their summed seconds, from Snakemake's benchmark files
+    (``<results>/benchmarks/<rule>/.../*.tsv``, column ``s``); empty without them."""
+    seconds: dict[str, list[float]] = {}
+    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
+        rule = tsv.relative_to(results / "benchmarks").parts[0]
+        seconds.setdefault(rule, []).extend(pd.read_csv(tsv, sep="\t")["s"].tolist())
+    if not seconds:
+        return ""
+    parts = [f"{rule} {len(times)} job{'s' if len(times) > 1 else ''}, {sum(times):,.0f} s"
+             for rule, times in sorted(seconds.items(), key=lambda item: -sum(item[1]))]
+    return (f"Job time of the run these numbers come from ({len(seconds)} rules, {sum(map(sum, seconds.values())):,.0f} s "
+            f"summed over jobs; Snakemake's benchmark files): {'; '.join(parts)}.")
 
 
 def demo_block(results: str | Path, model: str = MODEL) -> str:
@@ -102,6 +120,9 @@ def demo_block(results: str | Path, model: str = MODEL) -> str:
                      f"{interval.pt_low:.3f}-{interval.pt_high:.3f} | {row.ir:.3f} | {int(row.rr)} | {int(row.rw)} | "
                      f"{int(row.wr)} | {int(row.ww)} |")
     lines += ["", headline(rows, intervals)]
+    times = job_times(results)
+    if times:
+        lines += ["", times]
     return "\n".join(lines)
 
 
