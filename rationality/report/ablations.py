@@ -30,6 +30,7 @@ from rationality.report.layout import (
     mark_best,
     markdown_table,
     styled,
+    write_each,
 )
 from rationality.report.tables import METRIC_LABELS
 
@@ -128,18 +129,12 @@ def write_ablation(long: pd.DataFrame, layout: Mapping[str, Any], csv: str | Non
     """Write the ablation table of ``long`` to whichever of ``csv``, ``markdown``, ``latex`` is given.
     The CSV keeps full precision and names each row's best method(s) in ``best``."""
     frame = ablation_frame(long, layout)
-    written = []
-    for path, text in ((csv, None), (markdown, to_markdown), (latex, to_latex)):
-        if path is None:
-            continue
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if text is None:
-            marks = best_marks(frame, list(layout["methods"]), digits)
-            best = marks.apply(lambda row: " ".join(row.index[row == BEST]), axis=1)
-            frame.assign(best=best).to_csv(target, index=False, float_format="%.6f")
-        else:
-            target.write_text(text(frame, layout, digits))
-        written.append(target)
-    return written
+
+    def write_csv(path: Path) -> None:
+        marks = best_marks(frame, list(layout["methods"]), digits)
+        best = marks.apply(lambda row: " ".join(row.index[row == BEST]), axis=1)
+        frame.assign(best=best).to_csv(path, index=False, float_format="%.6f")
+
+    return write_each([(csv, write_csv), (markdown, lambda path: path.write_text(to_markdown(frame, layout, digits))),
+                       (latex, lambda path: path.write_text(to_latex(frame, layout, digits)))])
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -251,15 +251,18 @@ def write_layout(long: pd.DataFrame, csv: str | None = None, markdown: str | Non
     """Write the paper-layout tables of ``long`` (per runs grid, see :func:`paper_tables`) to whichever of
     ``csv``, ``markdown``, ``latex`` is given."""
     tables = paper_tables(long, grids, digits)
+    return write_each([(csv, lambda path: to_frame(tables).to_csv(path, index=False, float_format="%.6f")),
+                       (markdown, lambda path: path.write_text(to_markdown(tables, digits))),
+                       (latex, lambda path: path.write_text(to_latex(tables, digits)))])
+
+
+def write_each(outputs: Sequence[tuple[str | None, Callable[[Path], object]]]) -> list[Path]:
+    """Call each writer with its path, its folder made first; a ``None`` path is skipped. The paths written."""
     written = []
-    for path, text in ((csv, None), (markdown, to_markdown), (latex, to_latex)):
-        if path is None:
-            continue
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if text is None:
-            to_frame(tables).to_csv(target, index=False, float_format="%.6f")
-        else:
-            target.write_text(text(tables, digits))
-        written.append(target)
+    for path, write in outputs:
+        if path is not None:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write(target)
+            written.append(target)
     return written
