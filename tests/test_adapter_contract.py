@@ -161,9 +161,11 @@ def test_random_initialisation_is_seeded(adapter) -> None:
     assert (other - same).abs().max() > 1e-4
 
 
-#: Every registered method; those beyond zero-shot and fine-tuning run in the slow suite.
+#: Every registered method that trains or needs nothing (``external`` reads a checkpoint made elsewhere:
+#: tests/test_external.py runs it with every adapter); those beyond zero-shot and fine-tuning run in the
+#: slow suite.
 METHOD_RUNS = [pytest.param(kind, marks=[] if kind in ("zero_shot", "finetune") else [pytest.mark.slow])
-               for kind in list_methods()]
+               for kind in list_methods() if kind != "external"]
 
 
 @pytest.mark.parametrize("kind", METHOD_RUNS)
