@@ -328,7 +328,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"device": device_name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-                       "classes": args.classes, "results": [{k: v for k, v in row.items() if k != "heatmaps"} for row in results],
+                       "classes": args.classes, "threads": args.threads or torch.get_num_threads(),
+                       "results": [{k: v for k, v in row.items() if k != "heatmaps"} for row in results],
                        "precision_errors": errors}, handle, indent=1)
 
 

@@ -154,8 +154,9 @@ def block() -> str:
                   f"{' and '.join(e2e['explainers'])}; the loop excludes start-up and model loading):\n",
                   *end_to_end_table(e2e)]
     if cpu:
-        parts += [f"\n**On the CPU** ({_where(cpu)}; {cpu['results'][0]['images']} random images, generic attention, "
-                  f"all 12 start layers, a {cpu['classes']:,}-class zero-shot head):\n", *explanation_table(cpu)]
+        parts += [f"\n**On the CPU** ({_where(cpu)}, {cpu['threads']} torch thread{'s' if cpu['threads'] > 1 else ''}; "
+                  f"{cpu['results'][0]['images']} random images, generic attention, all 12 start layers, a "
+                  f"{cpu['classes']:,}-class zero-shot head; (b) and (c) on fewer images):\n", *explanation_table(cpu)]
         if cpu.get("precision_errors"):
             parts += [f"\n**Heatmap error against fp32 on the CPU** ({error_caption(cpu)}):\n", *error_table(cpu)]
     return "\n".join(parts) + "\n"
