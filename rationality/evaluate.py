@@ -26,7 +26,7 @@ import yaml
 import rationality
 from rationality import __version__
 from rationality.errors import ConfigError
-from rationality.report.tables import format_table
+from rationality.report.tables import format_table, primary_rows
 
 #: The run name of zero-shot of the base model, next to the evaluated model.
 ZERO_SHOT = "zs"
@@ -185,6 +185,7 @@ def run_evaluation(evaluation: Evaluation, cores: int, dry_run: bool = False) ->
             print(f"rationality evaluate: the workflow failed (exit status {status}); the failing job's log is named "
                   f"above, under {out / 'results' / 'logs'}", file=sys.stderr)
         return status
-    print(format_table(pd.read_csv(out / TABLE)))
-    print(f"tables: {out / 'results' / 'tables'}; figures: {out / 'results' / 'figures'}; config: {path}")
+    print(format_table(primary_rows(pd.read_csv(out / TABLE))))
+    print(f"tables (every localisation metric): {out / 'results' / 'tables'}; figures: {out / 'results' / 'figures'}; "
+          f"config: {path}")
     return 0

@@ -70,12 +70,13 @@ def finished_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_demo_produces_the_table(finished_demo: Path) -> None:
     table = pd.read_csv(finished_demo / "results" / "tables" / "pt_ir.csv")
-    assert set(table["method"]) == {"zs", "lp", "ft"}
+    metrics = tiny_config()["scoring"]["metrics"]
+    assert set(table["method"]) == {"zs", "lp", "ft"} and set(table["metric"]) == set(metrics)
     assert set(table["start_layer_policy"]) == {"paper", "all_blocks", "last_block"}
-    assert len(table) == 3 * 2 * 3  # methods x explainers x policies
+    assert len(table) == 3 * 2 * 3 * len(metrics)  # methods x explainers x policies x metrics
     assert (table["n"] == 4 * 3).all()
     assert (table[["rr", "rw", "wr", "ww"]].sum(axis=1) == table["n"]).all()
-    assert (table["threshold"] == 0.5).all()
+    assert (table[table["metric"] == "rma"]["threshold"] == 0.5).all()
     paper = table[table["start_layer_policy"] == "paper"].groupby("method")["start_layer"].agg(set)
     assert paper.to_dict() == {"zs": {3}, "lp": {0}, "ft": {0}}  # tiny model: 4 blocks
     for kind, suffix in (("logs", ".log"), ("benchmarks", ".tsv")):
@@ -120,7 +121,8 @@ def test_demo_tables_figures_and_report(finished_report: Path) -> None:
     # severity 0 is the set's clean images in its own frame (corruption "none")
     assert set(zip(ood.corruption, ood.severity)) == {("none", 0), ("fog", 3)} and set(ood.method) == {"zs", "lp", "ft"}
     bootstrap = pd.read_csv(results / "tables" / "bootstrap.csv")
-    assert len(bootstrap) == 3 * 2 * 3 and (bootstrap.accuracy_low <= bootstrap.accuracy).all()
+    assert len(bootstrap) == 3 * 2 * 3 * len(tiny_config()["scoring"]["metrics"])
+    assert (bootstrap.accuracy_low <= bootstrap.accuracy).all()
     claims = pd.read_csv(results / "tables" / "claims.csv")
     assert set(claims.claim) == {"C1", "C2", "C3"} and set(claims.method) == {"lp", "ft"}
     assert set(claims.verdict) <= {"holds", "reversed", "inconclusive"} and set(claims.metric.dropna()) == set(
@@ -146,7 +148,7 @@ def test_report_captions_describe_the_outputs_not_the_current_config(finished_re
                        config=("threshold=0.6", "undefined_policy=valid"))
     assert result.returncode == 0, result.stderr[-4000:]
     captions = report_captions(finished_report / "results" / "report-later.html")
-    assert len(captions) == 10  # 4 tables, 6 figures
+    assert len(captions) == 14  # 6 tables, 8 figures
     thresholds = [re.findall(r"threshold ([\d.]*\d)", caption) for caption in captions]
     assert sum(map(len, thresholds)) == 9 and {value for found in thresholds for value in found} == {"0.5"}
     assert sum("counted as invalid" in caption for caption in captions) == 8 and not any("counted as valid" in caption for caption in captions)

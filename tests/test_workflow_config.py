@@ -82,7 +82,8 @@ FAULTS = {
     "adapter typo": ("models.tiny-vit.adapter", "openclip",
                      "models.tiny-vit.adapter: unknown model adapter 'openclip'; known: albef, blip, open_clip, transformers"),
     "kind typo": ("methods.ft.kind", "fine_tune", "methods.ft.kind: unknown adaptation method 'fine_tune'; known: "
-                                                  "coop, finetune, flcp, linear_probe, tip_adapter_f, zero_shot"),
+                                                  "coop, external, finetune, flcp, linear_probe, tip_adapter_f, "
+                                                  "zero_shot"),
     "reader option typo": ("datasets.demo.options", {"mask_treshold": 0.5},
                            "datasets.demo.options.mask_treshold: unknown key; allowed: mask_threshold"),
     "explainer typo": ("explainers", ["generic_attention", "gradcam"],

@@ -217,8 +217,8 @@ def primary_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 #: The columns a PT / IR table shows on a terminal (``rationality rescore``, ``evaluate``), in order.
-SHOWN_COLUMNS = ["model", "dataset", "method", "seed", "metric", "explainer", "start_layer_policy", "start_layer",
-                 "threshold", "accuracy", "pt", "ir", "rr", "rw", "wr", "ww", "n", "n_undefined"]
+SHOWN_COLUMNS = ["model", "dataset", "metric", "threshold", "seed", "method", "explainer", "start_layer_policy",
+                 "start_layer", "accuracy", "pt", "ir", "rr", "rw", "wr", "ww", "n", "n_undefined"]
 
 
 def format_table(table: pd.DataFrame) -> str:
